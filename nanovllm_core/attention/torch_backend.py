@@ -1,0 +1,86 @@
+"""Attention in plain PyTorch, for CPU and CUDA.
+
+The KV cache is head-major, ``[num_kv_heads, num_blocks, block_size, head_dim]``,
+so gathering a sequence's blocks yields each head's keys contiguously and the
+attention is two batched matmuls with no further copy. Decodes use grouped
+matmuls rather than ``scaled_dot_product_attention``: on CPU in bfloat16 the
+latter is over ten times slower for single-token queries (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nanovllm_core.attention.backend import AttentionBackend, AttentionMetadata
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
+        return (self.num_kv_heads, num_blocks, self.block_size, self.head_dim)
+
+    def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+        self._store(key, value, k_cache, v_cache, metadata.slot_mapping)
+        output = torch.empty_like(query)
+        num_decodes = metadata.num_decode_tokens
+        if num_decodes:
+            output[:num_decodes] = self._decode(query[:num_decodes], k_cache, v_cache, metadata, scale)
+        start = num_decodes
+        for i in range(num_decodes, len(metadata.query_lens_host)):
+            end = start + metadata.query_lens_host[i]
+            output[start:end] = self._prefill(query, key, value, k_cache, v_cache, metadata, i, start, end, scale)
+            start = end
+        return output
+
+    def _store(self, key, value, k_cache, v_cache, slot_mapping):
+        kv_heads, head_dim = k_cache.shape[0], k_cache.shape[-1]
+        k_cache.view(kv_heads, -1, head_dim).index_copy_(1, slot_mapping, key.transpose(0, 1))
+        v_cache.view(kv_heads, -1, head_dim).index_copy_(1, slot_mapping, value.transpose(0, 1))
+
+    def _gather(self, cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+        """[kv_heads, num_seqs, max_blocks * block_size, head_dim]"""
+        kv_heads, head_dim = cache.shape[0], cache.shape[-1]
+        gathered = cache[:, block_tables]  # [kv_heads, seqs, blocks, block_size, head_dim]
+        return gathered.view(kv_heads, block_tables.shape[0], -1, head_dim)
+
+    def _decode(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+        num_seqs = query.shape[0]
+        block_tables = metadata.block_tables[:num_seqs]
+        blocks_needed = -(-max(metadata.context_lens_host[:num_seqs]) // self.block_size)
+        block_tables = block_tables[:, :blocks_needed]
+        keys = self._gather(k_cache, block_tables)
+        values = self._gather(v_cache, block_tables)
+        group = self.num_heads // self.num_kv_heads
+        # [kv_heads, seqs, group, head_dim]: each kv head's query group in one matmul
+        grouped = query.view(num_seqs, self.num_kv_heads, group, self.head_dim).transpose(0, 1)
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale
+        positions = torch.arange(keys.shape[2], device=query.device)
+        masked = positions[None, :] >= metadata.context_lens[:num_seqs, None]
+        scores.masked_fill_(masked[None, :, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        out = torch.matmul(probs, values)  # [kv_heads, seqs, group, head_dim]
+        return out.transpose(0, 1).reshape(num_seqs, self.num_heads, self.head_dim)
+
+    def _prefill(self, query, key, value, k_cache, v_cache, metadata, index, start, end, scale):
+        context_len = metadata.context_lens_host[index]
+        query_len = end - start
+        q = query[start:end].transpose(0, 1)  # [heads, query_len, head_dim]
+        if context_len == query_len:  # nothing cached before this chunk: attend to the new K/V
+            k, v = key[start:end].transpose(0, 1), value[start:end].transpose(0, 1)
+            return self._sdpa(q, k, v, scale, is_causal=True, mask=None)
+        block_tables = metadata.block_tables[index : index + 1, : -(-context_len // self.block_size)]
+        k = self._gather(k_cache, block_tables)[:, 0, :context_len]
+        v = self._gather(v_cache, block_tables)[:, 0, :context_len]
+        # query i sits at absolute position context_len - query_len + i
+        query_positions = torch.arange(context_len - query_len, context_len, device=q.device)
+        mask = torch.arange(context_len, device=q.device)[None, :] <= query_positions[:, None]
+        return self._sdpa(q, k, v, scale, is_causal=False, mask=mask)
+
+    def _sdpa(self, q, k, v, scale, is_causal, mask):
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+            attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=True,
+        )
+        return out[0].transpose(0, 1)

@@ -1,0 +1,21 @@
+"""nanovllm's own implementations, registered through the same hooks as any plugin."""
+
+from nanovllm_core.hookspecs import hookimpl
+
+# ChatML, for models whose tokenizer carries no template of its own
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@hookimpl
+def register_attention_backends(register):
+    register("torch", "nanovllm_core.attention.torch_backend:TorchAttentionBackend")
+
+
+@hookimpl
+def register_chat_templates(register):
+    register("chatml", CHATML_TEMPLATE)

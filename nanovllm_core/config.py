@@ -1,0 +1,102 @@
+"""Engine settings: defaults < config file < ``NANOVLLM_*`` environment < explicit arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+CONFIG_FILE_SOURCES = {
+    ".yaml": YamlConfigSettingsSource,
+    ".yml": YamlConfigSettingsSource,
+    ".toml": TomlConfigSettingsSource,
+    ".json": JsonConfigSettingsSource,
+}
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the YAML / TOML / JSON file named by the ``config_file`` setting.
+
+    It runs after the explicit arguments and the environment, so it sees the
+    file name from either, and its values rank below both.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config_file")
+        if not path:
+            return {}
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        source_cls = CONFIG_FILE_SOURCES.get(path.suffix.lower())
+        if source_cls is None:
+            raise ValueError(f"config file {path.name!r}: use .yaml, .yml, .toml or .json")
+        file_key = {YamlConfigSettingsSource: "yaml_file", TomlConfigSettingsSource: "toml_file"}.get(
+            source_cls, "json_file"
+        )
+        values = source_cls(self.settings_cls, **{file_key: path})()
+        unknown = set(values) - set(self.settings_cls.model_fields)
+        if unknown:
+            raise ValueError(f"config file {path.name!r} has unknown settings: {sorted(unknown)}")
+        return values
+
+
+class EngineConfig(BaseSettings):
+    """Everything the engine needs to know; each field is also ``NANOVLLM_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="NANOVLLM_", extra="forbid", validate_default=True)
+
+    config_file: str | None = Field(None, description="YAML, TOML or JSON file with any of these settings.")
+    model: str | None = Field(
+        None, description="HF model directory or .gguf file; empty serves the embedded SmolLM2-135M-Instruct."
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer directory if it differs from the model's.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights and activations: auto picks bfloat16 where the hardware has it, else float32."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when available.")
+    max_num_seqs: int = Field(512, ge=1, description="Most sequences in one batch.")
+    max_num_batched_tokens: int = Field(
+        2048, ge=1, description="Most tokens in one step; longer prompts are prefilled in chunks of this size."
+    )
+    max_model_len: int = Field(4096, ge=1, description="Prompt + output tokens per sequence (capped to the model's).")
+    block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
+    kv_cache_memory_gb: float | None = Field(
+        None, gt=0, description="KV-cache size in GiB; empty: 2 GiB on CPU, from gpu_memory_utilization on CUDA."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory the engine may use.")
+    tensor_parallel_size: int = Field(1, ge=1, description="Processes the model's weights are split across.")
+    attention_backend: str = Field("auto", description="Attention backend by name; auto picks the fastest installed.")
+    sampler: str = Field("default", description="Sampler by name, from an installed plugin.")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of prompts that share a prefix.")
+    enforce_eager: bool = Field(False, description="Never capture CUDA graphs.")
+    seed: int = Field(0, description="Seed for requests that do not set their own.")
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _normalise_dtype(cls, value: Any) -> Any:
+        return DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, ConfigFileSource(settings_cls)

@@ -1,0 +1,153 @@
+"""Paged KV cache bookkeeping: blocks, reference counts and hash-based prefix caching.
+
+A block holds ``block_size`` consecutive tokens of one or more sequences. Once
+a block is full, its hash (chained to the previous block's hash, so equal
+hashes mean equal prefixes) is registered; a later sequence whose prompt starts
+with the same tokens takes the block instead of computing it again. Freed
+blocks keep their hash and are reused least-recently-freed first, so the cache
+remembers as much as memory allows.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from nanovllm_core.engine.sequence import Sequence
+
+
+class Block:
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+
+    def __init__(self, block_id: int):
+        self.block_id = block_id
+        self.ref_count = 0
+        self.hash: int | None = None
+        self.token_ids: tuple[int, ...] = ()
+
+
+def chain_hash(previous_hash: int | None, token_ids: tuple[int, ...]) -> int:
+    return hash((previous_hash, token_ids))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.hash_to_block_id: dict[int, int] = {}
+        self.prefix_cache_queries = 0  # prompt tokens looked up in the cache
+        self.prefix_cache_hits = 0  # of those, found there
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_block_ids)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_blocks
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # prefix caching
+
+    def find_cached_blocks(self, seq: Sequence) -> list[int]:
+        """Ids of the blocks already holding the longest cached prefix of ``seq``.
+
+        The last token is never served from the cache: the model must run on at
+        least one token to produce the next one.
+        """
+        if not self.enable_prefix_caching:
+            return []
+        found: list[int] = []
+        previous_hash = None
+        for start in range(0, len(seq) - 1 - self.block_size + 1, self.block_size):
+            token_ids = tuple(seq.token_ids[start : start + self.block_size])
+            block_hash = chain_hash(previous_hash, token_ids)
+            block_id = self.hash_to_block_id.get(block_hash)
+            if block_id is None or self.blocks[block_id].token_ids != token_ids:
+                break
+            found.append(block_id)
+            previous_hash = block_hash
+        return found
+
+    def can_admit(self, seq: Sequence, cached_block_ids: list[int], num_new_tokens: int) -> bool:
+        # cached blocks that sit in the free list stop being free once taken
+        reclaimed = sum(1 for b in cached_block_ids if self.blocks[b].ref_count == 0)
+        total = len(cached_block_ids) * self.block_size + num_new_tokens
+        return self.blocks_needed(total) - len(cached_block_ids) + reclaimed <= self.num_free_blocks
+
+    def admit(self, seq: Sequence, cached_block_ids: list[int]) -> None:
+        """Give a waiting sequence its cached prefix blocks."""
+        for block_id in cached_block_ids:
+            self._take(block_id)
+        seq.block_table = list(cached_block_ids)
+        seq.num_computed_tokens = seq.num_cached_tokens = len(cached_block_ids) * self.block_size
+        if self.enable_prefix_caching:
+            self.prefix_cache_queries += len(seq)
+            self.prefix_cache_hits += seq.num_cached_tokens
+
+    # allocation
+
+    def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
+        needed = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
+        return needed <= self.num_free_blocks
+
+    def append_slots(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Make room for the next ``num_new_tokens`` of ``seq`` and register the
+        blocks they fill. The K/V land in the cache during this step's forward
+        pass, before any attention reads them, so the hashes can be published now.
+        """
+        end = seq.num_computed_tokens + num_new_tokens
+        while len(seq.block_table) < self.blocks_needed(end):
+            seq.block_table.append(self._allocate())
+        if not self.enable_prefix_caching:
+            return
+        first_full = seq.num_computed_tokens // self.block_size
+        for index in range(first_full, end // self.block_size):
+            self._publish(seq, index)
+
+    def free(self, seq: Sequence) -> None:
+        # newest blocks first, so the oldest (most shared) prefixes stay longest
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_block_ids[block_id] = None
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+
+    def _publish(self, seq: Sequence, index: int) -> None:
+        block = self.blocks[seq.block_table[index]]
+        if block.hash is not None:
+            return
+        previous_hash = self.blocks[seq.block_table[index - 1]].hash if index else None
+        start = index * self.block_size
+        token_ids = tuple(seq.token_ids[start : start + self.block_size])
+        block_hash = chain_hash(previous_hash, token_ids)
+        if block_hash in self.hash_to_block_id:  # another block holds the same prefix already
+            return
+        block.hash, block.token_ids = block_hash, token_ids
+        self.hash_to_block_id[block_hash] = block.block_id
+
+    def _allocate(self) -> int:
+        if not self.free_block_ids:
+            raise RuntimeError("KV cache is full; the scheduler should have preempted")
+        block_id, _ = self.free_block_ids.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.hash is not None:  # evict its cached content
+            del self.hash_to_block_id[block.hash]
+            block.hash, block.token_ids = None, ()
+        block.ref_count = 1
+        return block_id
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free_block_ids[block_id]
+        block.ref_count += 1

@@ -1,0 +1,57 @@
+"""The offline interface, as nano-vllm users know it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as SequenceOf
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from nanovllm_core.config import EngineConfig
+from nanovllm_core.engine.llm_engine import LLMEngine
+from nanovllm_core.sampling_params import SamplingParams
+
+
+class LLM:
+    """``LLM(model=None, **settings)``: ``model`` is an HF directory or a .gguf
+    file (none: the embedded SmolLM2); settings are any ``EngineConfig`` field."""
+
+    def __init__(self, model: str | None = None, **settings: Any):
+        if model is not None:
+            settings["model"] = model
+        self.config = EngineConfig(**settings)
+        self.engine = LLMEngine(self.config)
+        self.tokenizer = self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: str | list[int] | SequenceOf[str | list[int]],
+        sampling_params: SamplingParams | SequenceOf[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Generate for every prompt (text or token ids); results in prompt order,
+        each ``{"text", "token_ids", "finish_reason", "prompt_token_ids"}``."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
+        request_ids = [f"offline-{id(self)}-{i}" for i in range(len(prompts))]
+        seqs = [self.engine.add_request(rid, p, sp) for rid, p, sp in zip(request_ids, prompts, sampling_params)]
+        results: dict[str, dict[str, Any]] = {}
+        with tqdm(total=len(prompts), desc="Generating", disable=not use_tqdm, unit="req") as progress:
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished:
+                        results[output.request_id] = {
+                            "text": output.text,
+                            "token_ids": list(output.output_token_ids),
+                            "finish_reason": output.finish_reason,
+                        }
+                        progress.update(1)
+        for seq in seqs:
+            results[seq.request_id]["prompt_token_ids"] = seq.prompt_token_ids
+        return [results[rid] for rid in request_ids]

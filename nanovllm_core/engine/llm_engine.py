@@ -1,0 +1,180 @@
+"""The engine: requests in, one continuous-batching step at a time, outputs out."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field, replace
+
+from transformers import GenerationConfig
+
+from nanovllm_core.config import EngineConfig
+from nanovllm_core.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from nanovllm_core.engine.block_manager import BlockManager
+from nanovllm_core.engine.model_runner import ModelRunner, SampledToken
+from nanovllm_core.engine.scheduler import Scheduler
+from nanovllm_core.engine.sequence import Sequence
+from nanovllm_core.loader import resolve_model
+from nanovllm_core.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+SEED_MASK = (1 << 63) - 1
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str  # never part of a stop string or of a UTF-8 character
+    output_token_ids: list[int]
+    text: str  # everything emitted so far
+    finished: bool
+    finish_reason: str | None  # "stop", "length" or "abort"
+    stop_reason: str | int | None  # the stop string or stop token that ended it
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    new_logprobs: list[SampledToken] = field(default_factory=list)
+
+
+class RequestState:
+    """A sequence and the text made from it so far."""
+
+    def __init__(self, seq: Sequence, detokenizer: IncrementalDetokenizer):
+        self.seq = seq
+        self.detokenizer = detokenizer
+        self.stops = StopStringMatcher(seq.params.stop, seq.params.include_stop_str_in_output)
+        self.text = ""
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.source = resolve_model(config.model)
+        self.hf_config = self.source.load_config()
+        self.tokenizer = self.source.load_tokenizer(config.tokenizer)
+        self.eos_token_ids = self._eos_token_ids()
+        self.max_model_len = min(config.max_model_len, self.hf_config.max_position_embeddings)
+        self.runner = ModelRunner(config, self.source, self.hf_config, self.eos_token_ids)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.requests: dict[str, RequestState] = {}
+        self._seeds = random.Random(config.seed)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config.vocab_size
+
+    def _eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        candidates = [self.hf_config.eos_token_id, self.tokenizer.eos_token_id]
+        if not self.source.is_gguf and (self.source.path / "generation_config.json").is_file():
+            candidates.append(GenerationConfig.from_pretrained(self.source.path).eos_token_id)
+        for candidate in candidates:
+            if isinstance(candidate, int):
+                ids.add(candidate)
+            elif candidate:
+                ids.update(candidate)
+        return ids
+
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        return list(prompt)
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
+        """Check that the request can run; return its max_tokens. Raises ValueError."""
+        params.validate()
+        num_prompt = len(prompt_token_ids)
+        if num_prompt == 0:
+            raise ValueError("the prompt is empty")
+        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - num_prompt
+        if num_prompt + max_tokens > self.max_model_len or max_tokens < 1:
+            raise ValueError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{num_prompt + max(max_tokens, 1)} tokens ({num_prompt} in the prompt, "
+                f"{max(max_tokens, 1)} for the completion). Please reduce the prompt or the completion length."
+            )
+        needed = self.block_manager.blocks_needed(num_prompt + max_tokens)
+        if needed > self.block_manager.num_blocks:
+            raise ValueError(
+                f"the request needs {needed} KV-cache blocks but the cache has only "
+                f"{self.block_manager.num_blocks}; raise kv_cache_memory_gb or shorten the request"
+            )
+        return max_tokens
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        prompt_token_ids = self.tokenize(prompt)
+        max_tokens = self.validate(prompt_token_ids, params)
+        if params.max_tokens != max_tokens:
+            params = replace(params, max_tokens=max_tokens)
+        seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
+        seq = Sequence(request_id, prompt_token_ids, params, seed & SEED_MASK)
+        detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
+        self.requests[request_id] = RequestState(seq, detokenizer)
+        self.scheduler.add(seq)
+        return seq
+
+    def abort_request(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks; False if it is unknown or done."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return False
+        self.scheduler.abort(request_id)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        sampled = self.runner.execute(batch)
+        self.scheduler.finish_step(batch)
+        outputs = [self._process(seq, token) for seq, token in zip(batch.seqs, sampled) if token is not None]
+        self.scheduler.free_finished()
+        for output in outputs:
+            if output.finished:
+                del self.requests[output.request_id]
+        return outputs
+
+    def _process(self, seq: Sequence, sampled: SampledToken) -> RequestOutput:
+        state = self.requests[seq.request_id]
+        token = sampled.token_id
+        seq.append_token(token)
+        params = seq.params
+        ends_on_token = token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos)
+        delta = "" if ends_on_token else state.detokenizer.add([token])
+        if ends_on_token:
+            seq.finish("stop", token if token in params.stop_token_ids else None)
+        elif seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
+            seq.finish("length")
+        if seq.is_finished:
+            delta += state.detokenizer.flush()
+        emitted, stop_string = state.stops.add(delta)
+        if stop_string is not None:
+            seq.finish("stop", stop_string)
+        elif seq.is_finished:
+            emitted += state.stops.finish()
+        state.text += emitted
+        return RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=[token],
+            new_text=emitted,
+            output_token_ids=seq.output_token_ids,
+            text=state.text,
+            finished=seq.is_finished,
+            finish_reason=seq.finish_reason,
+            stop_reason=seq.stop_reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+            new_logprobs=[sampled] if params.logprobs is not None else [],
+        )

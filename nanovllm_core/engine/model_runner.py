@@ -1,0 +1,212 @@
+"""Builds the model, owns the KV cache, turns a scheduled batch into tensors and runs it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nanovllm_core import plugins
+from nanovllm_core.attention import AttentionBackend, AttentionMetadata, forward_context
+from nanovllm_core.config import EngineConfig
+from nanovllm_core.engine.scheduler import ScheduledBatch
+from nanovllm_core.layers.attention import Attention
+from nanovllm_core.loader import ModelSource, load_model_weights
+from nanovllm_core.sampling import SamplingBatch
+
+logger = logging.getLogger(__name__)
+
+GiB = 1 << 30
+CPU_KV_CACHE_GB = 2.0
+# preference order of `auto` on CUDA; the first one installed and usable wins
+CUDA_BACKEND_PREFERENCE = ("flash-attn", "triton", "torch")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def select_attention_backend(name: str, device: torch.device) -> type[AttentionBackend]:
+    registry = plugins.attention_backends()
+    if name == "auto":
+        candidates = CUDA_BACKEND_PREFERENCE if device.type == "cuda" else ("torch",)
+        for candidate in candidates:
+            if candidate not in registry:
+                continue
+            backend = registry.get(candidate)
+            try:
+                backend.check_available(device)
+            except RuntimeError as error:
+                logger.info("attention backend %s unavailable: %s", candidate, error)
+                continue
+            return backend
+        raise RuntimeError(registry.describe_missing("auto"))
+    backend = registry.get(name)
+    backend.check_available(device)
+    return backend
+
+
+@dataclass
+class SampledToken:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, source: ModelSource, hf_config, eos_token_ids: set[int]):
+        self.config = config
+        self.hf_config = hf_config
+        self.eos_token_ids = eos_token_ids
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.block_size = config.block_size
+        self.model = self._build_model(source)
+        self.sampler = plugins.samplers().get(config.sampler)()
+        self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        layer = self.attention_layers[0]
+        backend_cls = select_attention_backend(config.attention_backend, self.device)
+        self.backend = backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, self.block_size)
+        self.num_blocks = self._allocate_kv_cache()
+        logger.info(
+            "model %s on %s in %s, attention backend %s, KV cache %d blocks of %d tokens",
+            hf_config.architectures[0], self.device, self.dtype, self.backend.name, self.num_blocks, self.block_size,
+        )
+
+    def _build_model(self, source: ModelSource) -> nn.Module:
+        architecture = self.hf_config.architectures[0]
+        model_cls = plugins.model_architectures().get(architecture)
+        previous_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                model = model_cls(self.hf_config)
+        finally:
+            torch.set_default_dtype(previous_dtype)
+        load_model_weights(model, source, self.hf_config)
+        return model.eval()
+
+    def kv_bytes_per_block(self) -> int:
+        layer = self.attention_layers[0]
+        per_layer = 2 * self.block_size * layer.num_kv_heads * layer.head_dim * self.dtype.itemsize
+        return per_layer * len(self.attention_layers)
+
+    def _kv_cache_budget(self) -> int:
+        if self.config.kv_cache_memory_gb is not None:
+            return int(self.config.kv_cache_memory_gb * GiB)
+        if self.device.type == "cpu":
+            return int(CPU_KV_CACHE_GB * GiB)
+        free, total = torch.cuda.mem_get_info(self.device)
+        used_by_others = total - free
+        return int(total * self.config.gpu_memory_utilization - used_by_others)
+
+    def _allocate_kv_cache(self) -> int:
+        num_blocks = self._kv_cache_budget() // self.kv_bytes_per_block()
+        if num_blocks < 1:
+            raise RuntimeError("the KV-cache memory budget is too small for a single block")
+        shape = self.backend.kv_cache_shape(num_blocks)
+        for layer in self.attention_layers:
+            layer.backend = self.backend
+            layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return num_blocks
+
+    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        token_rows: list[int] = []
+        context_lens: list[int] = []
+        sample_indices: list[int] = []
+        for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            start = seq.num_computed_tokens
+            end = start + num_new
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            token_rows.extend([row] * num_new)
+            context_lens.append(end)
+            if end == len(seq):
+                sample_indices.append(len(input_ids) - 1)
+        width = max(len(seq.block_table) for seq in batch.seqs)
+        block_tables = torch.tensor(
+            [seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs], dtype=torch.int64
+        )
+        positions_t = torch.tensor(positions, dtype=torch.int64)
+        slots = block_tables[torch.tensor(token_rows), positions_t // self.block_size] * self.block_size
+        slots += positions_t % self.block_size
+        query_lens = batch.num_new_tokens
+        metadata = AttentionMetadata(
+            num_decode_tokens=batch.num_decodes,
+            slot_mapping=slots.to(self.device, non_blocking=True),
+            block_tables=block_tables.to(self.device, dtype=torch.int32, non_blocking=True),
+            context_lens=torch.tensor(context_lens, dtype=torch.int32).to(self.device, non_blocking=True),
+            query_start_loc=torch.tensor([0, *_cumsum(query_lens)], dtype=torch.int32).to(self.device),
+            max_query_len=max(query_lens),
+            max_context_len=max(context_lens),
+            query_lens_host=list(query_lens),
+            context_lens_host=context_lens,
+        )
+        input_ids_t = torch.tensor(input_ids, dtype=torch.int64).to(self.device, non_blocking=True)
+        return input_ids_t, positions_t.to(self.device, non_blocking=True), metadata, sample_indices
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> list[SampledToken | None]:
+        """Run one step; return a token for each sequence of the batch whose last
+        token was computed, None for prompts still being prefilled in chunks."""
+        input_ids, positions, metadata, sample_indices = self._prepare(batch)
+        with forward_context(metadata):
+            hidden_states = self.model(input_ids, positions)
+        finishes_prompt = [seq.num_computed_tokens + n == len(seq) for seq, n in zip(batch.seqs, batch.num_new_tokens)]
+        sampled_seqs = [seq for seq, done in zip(batch.seqs, finishes_prompt) if done]
+        if not sampled_seqs:
+            return [None] * len(batch)
+        logits = self.model.compute_logits(hidden_states[sample_indices]).float()
+        sampling = SamplingBatch.from_sequences(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids)
+        tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
+        return [next(tokens) if done else None for done in finishes_prompt]
+
+
+def _cumsum(values: list[int]) -> list[int]:
+    total, out = 0, []
+    for value in values:
+        total += value
+        out.append(total)
+    return out
+
+
+def _to_host(output, num_logprobs: list[int | None]) -> list[SampledToken]:
+    tokens = output.token_ids.tolist()
+    if output.logprobs is None:
+        return [SampledToken(t) for t in tokens]
+    chosen = output.logprobs.tolist()
+    top_values, top_ids = output.top_logprobs.tolist(), output.top_token_ids.tolist()
+    sampled = []
+    for row, token in enumerate(tokens):
+        k = num_logprobs[row]
+        if k is None:
+            sampled.append(SampledToken(token))
+        else:
+            sampled.append(SampledToken(token, chosen[row], list(zip(top_ids[row][:k], top_values[row][:k]))))
+    return sampled

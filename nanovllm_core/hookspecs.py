@@ -1,0 +1,77 @@
+"""The hook specifications every nanovllm plugin implements.
+
+A plugin is a plain module (or object) with functions decorated by ``@hookimpl``
+and registered under the ``nanovllm`` entry-point group of its distribution::
+
+    [project.entry-points.nanovllm]
+    myplugin = "my_package.plugin"
+
+Every hook here is a *register-callback* hook: nanovllm calls it with a
+``register(name, target)`` function, and the plugin calls ``register`` once per
+implementation it provides. ``target`` is either the object itself or a lazy
+``"module:attribute"`` string, which nanovllm imports only when that name is
+chosen, so installing many plugins costs nothing at start-up.
+"""
+
+import pluggy
+
+PROJECT_NAME = "nanovllm"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_model_architectures(register):
+    """Register model classes, keyed by Hugging Face architecture name.
+
+    ``register("Qwen3ForCausalLM", "my_pkg.qwen3:Qwen3ForCausalLM")``. The name
+    is matched against ``architectures`` in a checkpoint's ``config.json`` (for a
+    GGUF file, the architecture transformers derives from its metadata).
+
+    The class is built as ``cls(hf_config)`` under the engine's dtype and device
+    and must provide:
+
+    - ``forward(input_ids, positions) -> hidden_states`` over a flat batch of
+      tokens (``[num_tokens]`` each), using ``nanovllm_core.layers.Attention``
+      for attention so that the paged KV cache and backends work;
+    - ``compute_logits(hidden_states) -> logits`` (``[n, vocab]``);
+    - either ``packed_modules_mapping`` (checkpoint name fragment ->
+      ``(fused parameter fragment, shard id)``), used by the generic loader, or
+      its own ``load_weights(weights)`` taking ``(name, tensor)`` pairs.
+    """
+
+
+@hookspec
+def register_attention_backends(register):
+    """Register attention backends, keyed by the name users pass to
+    ``--attention-backend``.
+
+    The target is a subclass of ``nanovllm_core.attention.AttentionBackend``:
+    it declares the devices it runs on, the KV-cache layout it wants, and
+    computes attention for a flat batch of prefill chunks and decodes over the
+    paged KV cache, described by ``AttentionMetadata``.
+    """
+
+
+@hookspec
+def register_chat_templates(register):
+    """Register chat templates by name, for ``--chat-template NAME``.
+
+    The target is a Jinja2 template string in the Hugging Face chat-template
+    dialect (it receives ``messages``, ``add_generation_prompt`` and the
+    tokenizer's special tokens). By default a model's own template is used;
+    a registered name overrides it.
+    """
+
+
+@hookspec
+def register_samplers(register):
+    """Register samplers, keyed by the name passed as the ``sampler`` setting.
+
+    The target is a class built with no arguments and called as
+    ``sampler(logits, batch) -> SamplerOutput``, where ``logits`` is
+    ``[num_seqs, vocab]`` float32 and ``batch`` is a
+    ``nanovllm_core.sampling.SamplingBatch`` of per-row tensors. It must be
+    vectorised over the batch.
+    """

@@ -1,0 +1,94 @@
+"""Linear layers that split over tensor-parallel ranks.
+
+Each parameter carries a ``weight_loader(param, loaded, shard_id=None)`` that
+copies this rank's slice of a full checkpoint tensor into it, so checkpoints
+load unchanged whatever the tensor-parallel size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanovllm_core.distributed import all_reduce, divide, get_tp_rank, get_tp_size
+
+
+class LinearBase(nn.Module):
+    def __init__(self, input_size: int, output_size: int, bias: bool, split_dim: int | None):
+        super().__init__()
+        self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
+        self.split_dim = split_dim  # 0: outputs split across ranks, 1: inputs, None: replicated
+        self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        if self.split_dim is not None and self.split_dim < loaded.dim():
+            size = param.shape[self.split_dim]
+            loaded = loaded.narrow(self.split_dim, self.tp_rank * size, size)
+        param.data.copy_(loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ReplicatedLinear(LinearBase):
+    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+        super().__init__(input_size, output_size, bias, split_dim=None)
+
+
+class ColumnParallelLinear(LinearBase):
+    """Each rank computes a slice of the outputs."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+        super().__init__(input_size, divide(output_size, get_tp_size(), "output size"), bias, split_dim=0)
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel projections of the same input fused into one
+    matmul (e.g. gate and up); checkpoint shards load by index."""
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False):
+        self.output_sizes = output_sizes
+        super().__init__(input_size, sum(output_sizes), bias)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int = 0) -> None:
+        size = self.output_sizes[shard_id] // self.tp_size
+        offset = sum(self.output_sizes[:shard_id]) // self.tp_size
+        loaded = loaded.narrow(0, self.tp_rank * size, size)
+        param.data.narrow(0, offset, size).copy_(loaded)
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """Fused q, k and v projections; each rank holds its share of the heads."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False):
+        tp_size = get_tp_size()
+        self.head_dim = head_dim
+        self.num_heads = divide(num_heads, tp_size, "number of attention heads")
+        self.num_kv_heads = divide(num_kv_heads, tp_size, "number of KV heads")
+        output_size = (num_heads + 2 * num_kv_heads) * head_dim
+        super().__init__(hidden_size, output_size, bias)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str = "q") -> None:
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        size, offset = {"q": (q_size, 0), "k": (kv_size, q_size), "v": (kv_size, q_size + kv_size)}[shard_id]
+        loaded = loaded.narrow(0, self.tp_rank * size, size)
+        param.data.narrow(0, offset, size).copy_(loaded)
+
+
+class RowParallelLinear(LinearBase):
+    """Each rank holds a slice of the inputs; partial outputs are summed across ranks."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False):
+        super().__init__(divide(input_size, get_tp_size(), "input size"), output_size, bias, split_dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the bias is added once, after the sum
+        out = all_reduce(F.linear(x, self.weight))
+        return out if self.bias is None else out + self.bias

