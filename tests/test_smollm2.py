@@ -1,0 +1,59 @@
+"""The real embedded model: SmolLM2-135M-Instruct from its Q4_1 GGUF."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import CHAT_MESSAGES, chat_prompt
+from nanovllm_core import SamplingParams
+
+MAX_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def reference_model(smollm2_path):
+    return AutoModelForCausalLM.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name, dtype=torch.float32)
+
+
+def test_greedy_output_equals_transformers(smollm2_llm, smollm2_tokenizer, reference_model):
+    prompts = [chat_prompt(smollm2_tokenizer, m) for m in CHAT_MESSAGES]
+    ours = smollm2_llm.generate(prompts, SamplingParams(temperature=0, max_tokens=MAX_TOKENS), use_tqdm=False)
+    for prompt, result in zip(prompts, ours):
+        ids = smollm2_tokenizer(prompt, return_tensors="pt").input_ids
+        expected = reference_model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False)[0, ids.shape[1] :]
+        assert result["token_ids"] == expected.tolist()
+        assert result["text"] == smollm2_tokenizer.decode(expected, skip_special_tokens=True)
+    assert ours[0]["text"] == "The capital of France is Paris."
+    assert ours[0]["finish_reason"] == "stop"
+
+
+def test_outputs_do_not_depend_on_batch(smollm2_llm, smollm2_tokenizer):
+    words = "one two three four five six seven eight nine ten".split()
+    prompts = [chat_prompt(smollm2_tokenizer, "Continue counting: " + " ".join(words[: 1 + i % 10]) * (1 + i // 4)) for i in range(16)]
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    together = smollm2_llm.generate(prompts, params, use_tqdm=False)
+    alone = [smollm2_llm.generate(p, params, use_tqdm=False)[0] for p in prompts]
+    assert len({len(smollm2_tokenizer(p).input_ids) for p in prompts}) > 8  # really different lengths
+    assert [r["token_ids"] for r in together] == [r["token_ids"] for r in alone]
+
+
+def test_prefix_cache_reuses_blocks_and_keeps_output(smollm2_llm, smollm2_tokenizer):
+    engine = smollm2_llm.engine
+    shared = "Here is a long story about a lighthouse keeper who lived alone. " * 12
+    first_prompt = chat_prompt(smollm2_tokenizer, shared + "Summarise it.")
+    second_prompt = chat_prompt(smollm2_tokenizer, shared + "Who is the hero?")
+    params = SamplingParams(temperature=0, max_tokens=16)
+
+    first = smollm2_llm.generate(first_prompt, params, use_tqdm=False)[0]
+    hits_before = engine.block_manager.prefix_cache_hits
+    second = smollm2_llm.generate(second_prompt, params, use_tqdm=False)[0]
+    reused = engine.block_manager.prefix_cache_hits - hits_before
+    assert reused >= 128  # most of the ~150-token shared prefix, in whole blocks
+
+    engine.block_manager.enable_prefix_caching = False
+    try:
+        uncached = smollm2_llm.generate(second_prompt, params, use_tqdm=False)[0]
+    finally:
+        engine.block_manager.enable_prefix_caching = True
+    assert second["token_ids"] == uncached["token_ids"]
+    assert first["token_ids"] != second["token_ids"]

@@ -1,0 +1,120 @@
+"""Block manager, detokenizer, stop strings and configuration, on their own."""
+
+import pytest
+
+from nanovllm_core.config import EngineConfig
+from nanovllm_core.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from nanovllm_core.engine.block_manager import BlockManager
+from nanovllm_core.engine.sequence import Sequence
+from nanovllm_core.loader.source import ModelNotFoundError, resolve_model
+from nanovllm_core.sampling_params import SamplingParams
+
+
+def seq_of(tokens, request_id="r"):
+    return Sequence(request_id, tokens, SamplingParams(), seed=0)
+
+
+def test_prefix_blocks_are_shared_and_reference_counted():
+    manager = BlockManager(num_blocks=8, block_size=4)
+    first = seq_of(list(range(10)), "a")
+    manager.admit(first, manager.find_cached_blocks(first))
+    manager.append_slots(first, 10)
+    assert len(first.block_table) == 3 and manager.num_free_blocks == 5
+
+    second = seq_of(list(range(8)) + [99, 98], "b")
+    cached = manager.find_cached_blocks(second)
+    assert cached == first.block_table[:2]
+    manager.admit(second, cached)
+    assert second.num_computed_tokens == 8
+    assert manager.blocks[cached[0]].ref_count == 2
+
+    manager.free(first)
+    manager.free(second)
+    assert manager.num_free_blocks == 8
+    # freed blocks keep their content until reused
+    third = seq_of(list(range(9)), "c")
+    assert manager.find_cached_blocks(third) == cached
+
+
+def test_fully_cached_prompt_still_computes_its_last_token():
+    manager = BlockManager(num_blocks=8, block_size=4)
+    first = seq_of(list(range(8)))
+    manager.admit(first, [])
+    manager.append_slots(first, 8)
+    again = seq_of(list(range(8)), "again")
+    assert len(manager.find_cached_blocks(again)) == 1  # not 2: the last token must run
+
+
+def test_eviction_reuses_oldest_free_block_and_forgets_its_hash():
+    manager = BlockManager(num_blocks=2, block_size=2)
+    first = seq_of([1, 2, 3])
+    manager.admit(first, [])
+    manager.append_slots(first, 3)
+    manager.free(first)
+    other = seq_of([7, 8, 9, 10, 11], "other")
+    manager.admit(other, [])
+    manager.append_slots(other, 4)
+    assert manager.find_cached_blocks(seq_of([1, 2, 3], "x")) == []
+
+
+def test_detokenizer_never_emits_half_a_character(smollm2_tokenizer):
+    text = "Café 🎉 naïve 日本語"
+    ids = smollm2_tokenizer.encode(text, add_special_tokens=False)
+    detokenizer = IncrementalDetokenizer(smollm2_tokenizer, [], skip_special_tokens=True)
+    pieces = [detokenizer.add([t]) for t in ids]
+    pieces.append(detokenizer.flush())
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+    assert len(ids) > len(text.split())  # some characters really span tokens
+
+
+def test_stop_string_never_leaks_even_partly():
+    matcher = StopStringMatcher(["STOP"], include_stop_str_in_output=False)
+    emitted = []
+    for delta in ["Hello S", "T", "O", "P and more"]:
+        out, hit = matcher.add(delta)
+        emitted.append(out)
+        if hit:
+            break
+    assert emitted == ["Hello ", "", "", ""] and hit == "STOP"
+    assert matcher.text == "Hello "
+
+
+def test_held_back_text_is_released_when_no_stop_follows():
+    matcher = StopStringMatcher(["STOP"], include_stop_str_in_output=False)
+    assert matcher.add("ST") == ("", None)
+    assert matcher.add("AR") == ("STAR", None)
+    assert matcher.add("S") == ("", None)
+    assert matcher.finish() == "S"
+
+
+def test_config_precedence(tmp_path, monkeypatch):
+    config_file = tmp_path / "nanovllm.yaml"
+    config_file.write_text("max_num_seqs: 7\nblock_size: 32\ndtype: fp32\n")
+    monkeypatch.setenv("NANOVLLM_BLOCK_SIZE", "64")
+    config = EngineConfig(config_file=str(config_file), seed=5)
+    assert (config.max_num_seqs, config.block_size, config.dtype, config.seed) == (7, 64, "float32", 5)
+    assert EngineConfig(config_file=str(config_file), block_size=8).block_size == 8
+    toml_file = tmp_path / "nanovllm.toml"
+    toml_file.write_text("max_num_seqs = 3\n")
+    monkeypatch.setenv("NANOVLLM_CONFIG_FILE", str(toml_file))
+    assert EngineConfig().max_num_seqs == 3
+
+
+def test_config_rejects_unknown_and_invalid_settings(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_num_sequences: 7\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        EngineConfig(config_file=str(bad))
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        EngineConfig(max_num_seqs=0)
+
+
+def test_missing_models_fail_clearly(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no such file or directory"):
+        resolve_model(str(tmp_path / "absent"))
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"must be \.gguf"):
+        resolve_model(str(tmp_path / "weights.bin"))
