@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from nanovllm_core.errors import InvalidRequestError
+
 
 @dataclass
 class SamplingParams:
@@ -55,10 +57,12 @@ class SamplingParams:
         ]
         for name, ok, message in checks:
             if not ok:
-                raise ValueError(f"{name} {message}, got {getattr(self, name)!r}")
+                raise InvalidRequestError(f"{name} {message}, got {getattr(self, name)!r}", param=name)
         for token_id, bias in (self.logit_bias or {}).items():
             if not -100 <= bias <= 100:
-                raise ValueError(f"logit_bias for token {token_id} must be in [-100, 100], got {bias}")
+                raise InvalidRequestError(
+                    f"logit_bias for token {token_id} must be in [-100, 100], got {bias}", param="logit_bias"
+                )
 
     @property
     def greedy(self) -> bool:

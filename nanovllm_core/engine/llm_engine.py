@@ -14,6 +14,7 @@ from nanovllm_core.engine.block_manager import BlockManager
 from nanovllm_core.engine.model_runner import ModelRunner, SampledToken
 from nanovllm_core.engine.scheduler import Scheduler
 from nanovllm_core.engine.sequence import Sequence
+from nanovllm_core.errors import ContextLengthError, InvalidRequestError
 from nanovllm_core.loader import resolve_model
 from nanovllm_core.sampling_params import SamplingParams
 
@@ -89,20 +90,20 @@ class LLMEngine:
         params.validate()
         num_prompt = len(prompt_token_ids)
         if num_prompt == 0:
-            raise ValueError("the prompt is empty")
+            raise InvalidRequestError("the prompt is empty", param="prompt")
         bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
         if bad:
-            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+            raise InvalidRequestError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}", param="prompt")
         max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - num_prompt
         if num_prompt + max_tokens > self.max_model_len or max_tokens < 1:
-            raise ValueError(
+            raise ContextLengthError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{num_prompt + max(max_tokens, 1)} tokens ({num_prompt} in the prompt, "
                 f"{max(max_tokens, 1)} for the completion). Please reduce the prompt or the completion length."
             )
         needed = self.block_manager.blocks_needed(num_prompt + max_tokens)
         if needed > self.block_manager.num_blocks:
-            raise ValueError(
+            raise ContextLengthError(
                 f"the request needs {needed} KV-cache blocks but the cache has only "
                 f"{self.block_manager.num_blocks}; raise kv_cache_memory_gb or shorten the request"
             )
@@ -110,7 +111,7 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
         if request_id in self.requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_token_ids = self.tokenize(prompt)
         max_tokens = self.validate(prompt_token_ids, params)
         if params.max_tokens != max_tokens:

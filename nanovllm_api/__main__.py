@@ -1,0 +1,3 @@
+from nanovllm_api.cli import main
+
+main()

@@ -1,0 +1,145 @@
+"""The FastAPI app: it only wires endpoints, middleware and the engine's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+
+from nanovllm_api import serving_chat, serving_completion, serving_models, serving_tokenize
+from nanovllm_api.async_engine import AsyncEngine, EngineState
+from nanovllm_api.chat_template import resolve_chat_template
+from nanovllm_api.config import ServerConfig
+from nanovllm_api.errors import RequestTooLarge, Unauthorized, error_body, install_error_handlers
+from nanovllm_api.metrics import Metrics
+from nanovllm_api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from nanovllm_api.serving_common import ServingContext
+from nanovllm_core import __version__
+from nanovllm_core.loader import resolve_model
+
+
+class BodySizeLimit:
+    """413 in OpenAI's error shape for bodies over the limit, announced by
+    Content-Length or streamed. (Starlette's own limiter answers an announced
+    oversize body in plain text, which OpenAI clients cannot parse.)"""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise RequestTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except RequestTooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send):
+        response = RequestTooLarge(f"The request body exceeds {self.max_bytes} bytes.").response()
+        await response({"type": "http"}, None, send)
+
+
+def build_app(config: ServerConfig) -> FastAPI:
+    source = resolve_model(config.model)
+    engine = AsyncEngine(config, config.max_queued_requests)
+    ctx = ServingContext(
+        config=config,
+        engine=engine,
+        metrics=Metrics(engine),
+        model_names=config.served_model_name or [source.name],
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start(asyncio.get_running_loop())
+        loaded = await asyncio.to_thread(engine.wait_ready)
+        if loaded:
+            ctx.chat_template = resolve_chat_template(config.chat_template, engine.engine.tokenizer)
+        yield
+        engine.stop()
+
+    app = FastAPI(
+        title="nanovllm",
+        version=__version__,
+        description="OpenAI-compatible API served by nanovllm.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
+    if config.cors_allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_allowed_origins, allow_methods=["*"], allow_headers=["*"])
+
+    async def check_api_key(request: Request) -> None:
+        if config.api_key is None:
+            return
+        supplied = request.headers.get("authorization", "")
+        expected = f"Bearer {config.api_key}"
+        if not hmac.compare_digest(supplied.encode(), expected.encode()):
+            raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")
+
+    guarded = [Depends(check_api_key)]
+
+    @app.get("/health", tags=["monitoring"])
+    async def health() -> Response:
+        if engine.state is EngineState.READY:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(error_body(f"engine {engine.state.value}", "service_unavailable_error"), status_code=503)
+
+    @app.get("/version", tags=["monitoring"])
+    async def version() -> dict:
+        return {"version": __version__}
+
+    @app.get("/metrics", tags=["monitoring"])
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", dependencies=guarded, tags=["openai"])
+    async def models():
+        return serving_models.list_models(ctx)
+
+    @app.get("/v1/models/{model_id:path}", dependencies=guarded, tags=["openai"])
+    async def model(model_id: str):
+        return serving_models.retrieve_model(ctx, model_id)
+
+    @app.post("/v1/chat/completions", dependencies=guarded, tags=["openai"])
+    async def chat_completions(request: ChatCompletionRequest, raw: Request):
+        return await serving_chat.create_chat_completion(request, raw, ctx)
+
+    @app.post("/v1/completions", dependencies=guarded, tags=["openai"])
+    async def completions(request: CompletionRequest, raw: Request):
+        return await serving_completion.create_completion(request, raw, ctx)
+
+    @app.post("/tokenize", dependencies=guarded, tags=["utility"])
+    async def tokenize(request: TokenizeRequest):
+        return serving_tokenize.tokenize(request, ctx)
+
+    @app.post("/detokenize", dependencies=guarded, tags=["utility"])
+    async def detokenize(request: DetokenizeRequest):
+        return serving_tokenize.detokenize(request, ctx)
+
+    return app

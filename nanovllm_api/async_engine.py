@@ -1,0 +1,204 @@
+"""The engine behind the server: one thread steps continuous batches while
+requests arrive; each request reads its outputs from its own asyncio queue.
+
+The thread owns the LLMEngine: requests and aborts reach it as commands on a
+thread-safe queue, and each step's outputs go back to the event loop in one
+``call_soon_threadsafe``. PyTorch releases the GIL inside its kernels, so the
+event loop keeps accepting and streaming while a step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from enum import Enum
+
+from nanovllm_core.config import EngineConfig
+from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
+from nanovllm_core.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.5
+
+
+class EngineState(Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DEAD = "dead"
+    STOPPED = "stopped"
+
+
+class EngineUnavailable(RuntimeError):
+    pass
+
+
+class QueueFull(RuntimeError):
+    pass
+
+
+class EngineFailed(RuntimeError):
+    """The engine loop raised; the request cannot complete."""
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig, max_queued_sequences: int):
+        self.config = config
+        self.state = EngineState.LOADING
+        self.engine: LLMEngine | None = None
+        self.max_sequences = config.max_num_seqs + max_queued_sequences
+        self.num_sequences = 0  # admitted and not finished
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._sinks: dict[str, tuple[asyncio.Queue, int]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    # lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="nanovllm-engine", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._ready.wait(timeout)
+        return self.state is EngineState.READY
+
+    def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._commands.put(("stop",))
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            self.engine = LLMEngine(self.config)
+            self.state = EngineState.READY
+            logger.info("engine ready")
+        except Exception:
+            logger.exception("engine failed to load")
+            self.state = EngineState.DEAD
+            return
+        finally:
+            self._ready.set()
+        try:
+            self._loop_forever()
+        except Exception as error:
+            logger.exception("engine loop failed")
+            self.state = EngineState.DEAD
+            self._loop.call_soon_threadsafe(self._fail_all, error)
+
+    def _loop_forever(self) -> None:
+        engine = self.engine
+        while True:
+            if not self._apply_commands(block=not engine.has_unfinished_requests()):
+                self.state = EngineState.STOPPED
+                return
+            if engine.has_unfinished_requests():
+                outputs = engine.step()
+                if outputs:
+                    self._loop.call_soon_threadsafe(self._deliver, outputs)
+
+    def _apply_commands(self, block: bool) -> bool:
+        """Run queued adds and aborts; False once asked to stop."""
+        try:
+            command = self._commands.get(timeout=IDLE_WAIT_S) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            kind = command[0]
+            if kind == "stop":
+                return False
+            if kind == "add":
+                _, request_id, prompt_ids, params = command
+                try:
+                    self.engine.add_request(request_id, prompt_ids, params)
+                except ValueError as error:  # validated before, so only a race could get here
+                    self._loop.call_soon_threadsafe(self._fail, request_id, error)
+            elif kind == "abort":
+                self.engine.abort_request(command[1])
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+
+    # on the event loop
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            sink = self._sinks.get(output.request_id)
+            if sink is not None:
+                sink[0].put_nowait((sink[1], output))
+
+    def _fail(self, request_id: str, error: BaseException) -> None:
+        sink = self._sinks.get(request_id)
+        if sink is not None:
+            sink[0].put_nowait((sink[1], error))
+
+    def _fail_all(self, error: BaseException) -> None:
+        for request_id in list(self._sinks):
+            self._fail(request_id, EngineFailed(str(error)))
+
+    def check_available(self, num_sequences: int) -> None:
+        if self.state is EngineState.LOADING:
+            raise EngineUnavailable("The model is still loading; retry shortly.")
+        if self.state is not EngineState.READY:
+            raise EngineUnavailable("The engine is not running.")
+        if self.num_sequences + num_sequences > self.max_sequences:
+            raise QueueFull("The server is at capacity; retry shortly.")
+
+    def generate(self, request_id: str, sequences: list[tuple[list[int], SamplingParams]]) -> GenerationStream:
+        """Submit each (prompt token ids, params) as a sequence, now, and return
+        the stream of their outputs. Slots are taken at once, so the queue limit
+        holds however many requests arrive together."""
+        self.check_available(len(sequences))
+        stream = GenerationStream(self, [f"{request_id}-{index}" for index in range(len(sequences))])
+        for index, (sub_id, (prompt_ids, params)) in enumerate(zip(stream.ids, sequences)):
+            self._sinks[sub_id] = (stream.queue, index)
+            self._commands.put(("add", sub_id, prompt_ids, params))
+        self.num_sequences += len(sequences)
+        return stream
+
+    def _release(self, ids: list[str], unfinished: set[str]) -> None:
+        self.num_sequences -= len(ids)
+        for sub_id in ids:
+            self._sinks.pop(sub_id, None)
+        for sub_id in unfinished:
+            self._commands.put(("abort", sub_id))
+
+
+class GenerationStream:
+    """(sequence index, output) pairs of one API request as the engine makes them.
+    Closing it, or dropping it, aborts what is unfinished and frees its slots."""
+
+    def __init__(self, engine: AsyncEngine, ids: list[str]):
+        self.engine = engine
+        self.ids = ids
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.unfinished = set(ids)
+        self.closed = False
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> tuple[int, RequestOutput]:
+        if not self.unfinished:
+            self.close()
+            raise StopAsyncIteration
+        index, item = await self.queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        if item.finished:
+            self.unfinished.discard(item.request_id)
+        return index, item
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.engine._release(self.ids, self.unfinished)
+
+    def __del__(self) -> None:
+        self.close()

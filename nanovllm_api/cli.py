@@ -1,0 +1,81 @@
+"""`nanovllm-api`: serve a model over the OpenAI API.
+
+Every flag is a ServerConfig setting; a flag given on the command line beats
+NANOVLLM_* environment variables, which beat the --config file, which beats the
+defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from typing import Any
+
+from nanovllm_api.config import ServerConfig
+from nanovllm_core import plugins
+
+FLAG_ALIASES = {"config_file": "--config"}
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _argument_options(annotation: Any) -> dict[str, Any]:
+    base = _unwrap_optional(annotation)
+    if base is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(base) is typing.Literal:
+        return {"choices": list(typing.get_args(base))}
+    if typing.get_origin(base) is list:
+        return {"nargs": "+"}
+    if base in (int, float):
+        return {"type": base}
+    return {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nanovllm-api",
+        description="Serve an LLM over the OpenAI-compatible API (chat, completions, streaming).",
+        epilog="Every setting can also come from NANOVLLM_<SETTING> or the --config file.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for name, field in ServerConfig.model_fields.items():
+        flag = FLAG_ALIASES.get(name, "--" + name.replace("_", "-"))
+        default = field.default_factory() if field.default_factory else field.default
+        help_text = f"{field.description} (default: {default})"
+        parser.add_argument(flag, dest=name, help=help_text, **_argument_options(field.annotation))
+    parser.add_argument(
+        "--list-plugins", action="store_true", default=False, help="List installed models, attention backends, "
+        "chat templates and samplers, with the distribution providing each, and exit."
+    )
+    return parser
+
+
+def format_plugins() -> str:
+    lines = []
+    for registry in (plugins.model_architectures(), plugins.attention_backends(), plugins.chat_templates(), plugins.samplers()):
+        lines.append(f"{registry.kind}s:")
+        lines.extend(f"  {entry.name:<24} {entry.provider}" for entry in registry.entries())
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = vars(build_parser().parse_args(argv))
+    if args.pop("list_plugins"):
+        print(format_plugins())
+        return
+    from nanovllm_api.server import run_server
+
+    try:
+        config = ServerConfig(**args)
+    except ValueError as error:
+        sys.exit(f"nanovllm-api: {error}")
+    run_server(config=config)

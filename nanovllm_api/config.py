@@ -1,0 +1,32 @@
+"""Server settings: the engine's, plus how the server is reached and guarded."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from nanovllm_core.config import EngineConfig
+
+
+class ServerConfig(EngineConfig):
+    host: str = Field("0.0.0.0", description="Address to bind; 0.0.0.0 exposes the server on every interface.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
+    served_model_name: list[str] | None = Field(
+        None, description="Names clients use in `model`; the first is reported. Default: the model's name."
+    )
+    chat_template: str | None = Field(
+        None, description="A registered template name or a Jinja file path; default: the model's own template."
+    )
+    api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1/* (also NANOVLLM_API_KEY).")
+    max_queued_requests: int = Field(
+        256, ge=0, description="Sequences that may wait beyond max_num_seqs; more are refused with 429."
+    )
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413.")
+    request_timeout: float | None = Field(
+        None, gt=0, description="Seconds a request may take before it is aborted; empty: no limit."
+    )
+    cors_allowed_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS, e.g. '*'; empty: CORS off."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")

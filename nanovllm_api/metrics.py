@@ -1,0 +1,91 @@
+"""Prometheus metrics: engine state read at scrape time, request latencies observed as they finish."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from nanovllm_api.async_engine import AsyncEngine
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class Metrics:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self.registry = CollectorRegistry()
+        gauges = {
+            "nanovllm_num_requests_running": ("Sequences in the running batch.", self._running),
+            "nanovllm_num_requests_waiting": ("Sequences waiting for a slot.", self._waiting),
+            "nanovllm_kv_cache_usage_ratio": ("Share of KV-cache blocks in use.", self._kv_usage),
+            "nanovllm_prefix_cache_hit_rate": ("Prompt tokens found in the prefix cache / looked up.", self._hit_rate),
+            "nanovllm_num_preemptions": ("Sequences preempted so far.", self._preemptions),
+        }
+        for name, (description, read) in gauges.items():
+            Gauge(name, description, registry=self.registry).set_function(read)
+        self.prompt_tokens = Counter("nanovllm_prompt_tokens", "Prompt tokens processed.", registry=self.registry)
+        self.generation_tokens = Counter("nanovllm_generation_tokens", "Tokens generated.", registry=self.registry)
+        self.requests = Counter(
+            "nanovllm_request_success", "Finished sequences by finish reason.", ["finish_reason"], registry=self.registry
+        )
+        self.ttft = Histogram(
+            "nanovllm_time_to_first_token_seconds", "Arrival to first token.", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.tpot = Histogram(
+            "nanovllm_time_per_output_token_seconds", "Between consecutive tokens.", buckets=TOKEN_LATENCY_BUCKETS, registry=self.registry
+        )
+        self.e2e = Histogram(
+            "nanovllm_e2e_request_latency_seconds", "Arrival to last token.", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+
+    def _stat(self, read, default: float = 0.0) -> float:
+        engine = self.engine.engine
+        return float(read(engine)) if engine is not None else default
+
+    def _running(self) -> float:
+        return self._stat(lambda e: len(e.scheduler.running))
+
+    def _waiting(self) -> float:
+        return self._stat(lambda e: len(e.scheduler.waiting))
+
+    def _kv_usage(self) -> float:
+        return self._stat(lambda e: e.block_manager.usage)
+
+    def _hit_rate(self) -> float:
+        def rate(e) -> float:
+            manager = e.block_manager
+            return manager.prefix_cache_hits / manager.prefix_cache_queries if manager.prefix_cache_queries else 0.0
+
+        return self._stat(rate)
+
+    def _preemptions(self) -> float:
+        return self._stat(lambda e: e.scheduler.num_preemptions)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestTimer:
+    """Latencies of one API request, reported to ``Metrics`` when it ends."""
+
+    def __init__(self, metrics: Metrics, num_prompt_tokens: int):
+        self.metrics = metrics
+        self.start = self.last = time.monotonic()
+        self.first_token_seen = False
+        metrics.prompt_tokens.inc(num_prompt_tokens)
+
+    def token(self) -> None:
+        moment = time.monotonic()
+        if self.first_token_seen:
+            self.metrics.tpot.observe(moment - self.last)
+        else:
+            self.metrics.ttft.observe(moment - self.start)
+            self.first_token_seen = True
+        self.last = moment
+        self.metrics.generation_tokens.inc()
+
+    def finished(self, finish_reason: str | None) -> None:
+        self.metrics.requests.labels(finish_reason=finish_reason or "abort").inc()
+        self.metrics.e2e.observe(time.monotonic() - self.start)

@@ -1,0 +1,39 @@
+"""Start the server: `run_server(model=..., port=...)` from Python, or the CLI."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import uvicorn
+
+from nanovllm_api.app import build_app
+from nanovllm_api.config import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+
+def run_server(model: str | None = None, config: ServerConfig | None = None, **settings: Any) -> None:
+    """Serve until interrupted. ``settings`` are any ServerConfig fields
+    (host, port, max_num_seqs, api_key, ...); or pass a ready ``config``."""
+    if config is None:
+        if model is not None:
+            settings["model"] = model
+        config = ServerConfig(**settings)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.host == "0.0.0.0":
+        logger.warning("listening on every interface (0.0.0.0); pass --host 127.0.0.1 to keep it local")
+    app = build_app(config)
+    _exit_cleanly_after_signals()
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=30)
+
+
+def _exit_cleanly_after_signals() -> None:
+    """uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
+    to whatever handler was installed before it; a no-op one makes a requested,
+    completed shutdown exit with status 0, as supervisors expect."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: None)

@@ -1,0 +1,266 @@
+"""What the chat and completion endpoints share: request checks, sampling
+parameters, running sequences with metrics, logprobs, SSE framing, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from nanovllm_api.async_engine import AsyncEngine, EngineFailed, EngineUnavailable, GenerationStream, QueueFull
+from nanovllm_api.chat_template import ChatRenderer
+from nanovllm_api.config import ServerConfig
+from nanovllm_api.errors import (
+    APIError,
+    BadRequest,
+    InternalError,
+    NotFound,
+    RequestTimeout,
+    TooManyRequests,
+    Unavailable,
+    from_engine_error,
+    sse_error,
+)
+from nanovllm_api.metrics import Metrics, RequestTimer
+from nanovllm_api.protocol import (
+    IGNORED_FIELDS,
+    UNSUPPORTED_FIELDS,
+    SamplingFields,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    new_id,
+    now,
+)
+from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
+from nanovllm_core.engine.model_runner import SampledToken
+from nanovllm_core.errors import InvalidRequestError
+from nanovllm_core.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+RETRY_AFTER_S = "1"
+T = TypeVar("T")
+
+
+@dataclass
+class ServingContext:
+    config: ServerConfig
+    engine: AsyncEngine
+    metrics: Metrics
+    model_names: list[str]
+    chat_template: str | None = None  # resolved once the tokenizer is loaded
+    _renderer: ChatRenderer | None = field(default=None, repr=False)
+
+    @property
+    def llm(self) -> LLMEngine:
+        if self.engine.engine is None:
+            raise Unavailable("The model is still loading; retry shortly.")
+        return self.engine.engine
+
+    @property
+    def renderer(self) -> ChatRenderer:
+        if self._renderer is None:
+            self._renderer = ChatRenderer(self.llm.tokenizer, self.chat_template)
+        return self._renderer
+
+    def check_model(self, name: str | None) -> str:
+        if name is None:
+            return self.model_names[0]
+        if name not in self.model_names:
+            raise NotFound(f"The model '{name}' does not exist. Served: {', '.join(self.model_names)}.",
+                           param="model", code="model_not_found")
+        return name
+
+
+def check_fields(request: SamplingFields | BaseModel) -> None:
+    """Refuse fields that would otherwise be silently ignored."""
+    for name in getattr(request, "unknown_fields", list)():
+        value = request.model_extra[name]
+        if name in UNSUPPORTED_FIELDS:
+            if value is not None:
+                raise BadRequest(f"'{name}' is not supported by this server yet.", param=name, code="unsupported_parameter")
+        elif name not in IGNORED_FIELDS:
+            raise BadRequest(f"Unrecognized request argument supplied: {name}", param=name)
+
+
+def logit_bias(request: SamplingFields, vocab_size: int) -> dict[int, float] | None:
+    if not request.logit_bias:
+        return None
+    bias = {}
+    for key, value in request.logit_bias.items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+            raise BadRequest(f"logit_bias key {key!r} is not a token id in [0, {vocab_size})", param="logit_bias")
+        bias[int(key)] = value
+    return bias
+
+
+def sampling_params(
+    ctx: ServingContext, request: SamplingFields, max_tokens: int | None, logprobs: int | None
+) -> list[SamplingParams]:
+    """One SamplingParams per choice; with a seed, choice i uses seed + i so the n choices differ."""
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    base = dict(
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        top_k=request.top_k or 0,
+        min_p=request.min_p or 0.0,
+        max_tokens=max_tokens,
+        min_tokens=request.min_tokens,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+        logit_bias=logit_bias(request, ctx.llm.vocab_size),
+        stop=stop,
+        stop_token_ids=list(request.stop_token_ids or []),
+        include_stop_str_in_output=request.include_stop_str_in_output,
+        ignore_eos=request.ignore_eos,
+        logprobs=logprobs,
+        skip_special_tokens=request.skip_special_tokens,
+    )
+    try:
+        return [
+            SamplingParams(**base, seed=None if request.seed is None else request.seed + i) for i in range(request.n)
+        ]
+    except InvalidRequestError as error:
+        raise from_engine_error(error) from error
+
+
+def validate_sequences(ctx: ServingContext, sequences: list[tuple[list[int], SamplingParams]]) -> None:
+    """Everything the engine would refuse, refused now with a 400."""
+    for prompt_ids, params in sequences:
+        try:
+            ctx.llm.validate(prompt_ids, params)
+        except InvalidRequestError as error:
+            raise from_engine_error(error) from error
+
+
+def start_sequences(
+    ctx: ServingContext, request_id: str, sequences: list[tuple[list[int], SamplingParams]]
+) -> GenerationStream:
+    """Submit the sequences now, or refuse with 429 (queue full) / 503 (engine not ready)."""
+    try:
+        return ctx.engine.generate(request_id, sequences)
+    except QueueFull as error:
+        raise TooManyRequests(str(error), code="queue_full", headers={"Retry-After": RETRY_AFTER_S}) from error
+    except EngineUnavailable as error:
+        raise Unavailable(str(error), headers={"Retry-After": RETRY_AFTER_S}) from error
+
+
+@dataclass
+class Generation:
+    """One API request in flight: what it asked, and the stream of its sequences."""
+
+    request_id: str
+    model: str
+    prompts: list[list[int]]  # distinct prompts, for usage
+    sequences: list[tuple[list[int], SamplingParams]]  # one per choice
+    stream: GenerationStream
+    created: int = field(default_factory=now)
+
+
+def start_generation(
+    ctx: ServingContext, prefix: str, model: str, prompts: list[list[int]], sequences: list[tuple[list[int], SamplingParams]]
+) -> Generation:
+    request_id = new_id(prefix)
+    return Generation(request_id, model, prompts, sequences, start_sequences(ctx, request_id, sequences))
+
+
+async def outputs_of(ctx: ServingContext, generation: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The generation's outputs, with metrics, the request timeout, and engine
+    failures turned into API errors. Leaving the loop aborts the sequences."""
+    stream = generation.stream
+    timers = [RequestTimer(ctx.metrics, len(prompt)) for prompt, _ in generation.sequences]
+    timeout = ctx.config.request_timeout
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    try:
+        while True:
+            remaining = None if deadline is None else max(deadline - loop.time(), 0)
+            try:
+                index, output = await asyncio.wait_for(anext(stream), remaining)
+            except StopAsyncIteration:
+                return
+            timers[index].token()
+            if output.finished:
+                timers[index].finished(output.finish_reason)
+            yield index, output
+    except asyncio.TimeoutError as error:
+        raise RequestTimeout(f"The request took longer than {timeout} s and was aborted.") from error
+    except EngineFailed as error:
+        raise InternalError("The engine failed while generating; the request was not completed.") from error
+    finally:
+        stream.close()
+
+
+def usage(prompts: list[list[int]], finals: list[RequestOutput]) -> Usage:
+    prompt_tokens = sum(len(p) for p in prompts)
+    completion_tokens = sum(len(f.output_token_ids) for f in finals)
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details={"cached_tokens": max(f.num_cached_tokens for f in finals)},
+    )
+
+
+async def cancel_on_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` unless the client goes away first; then cancel it,
+    which aborts its sequences and frees their KV blocks."""
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not work.done():
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        raise asyncio.CancelledError("client disconnected")
+    return work.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def token_logprobs(tokenizer, sampled: list[SampledToken]) -> list[TokenLogprob]:
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return [
+        TokenLogprob(
+            **entry(s.token_id, s.logprob),
+            top_logprobs=[TopLogprob(**entry(t, lp)) for t, lp in (s.top_logprobs or [])],
+        )
+        for s in sampled
+    ]
+
+
+def sse(payload: BaseModel) -> str:
+    return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+async def event_stream(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Frame a stream's events; an error after the stream began goes out as a
+    ``data:`` line with OpenAI's error body, then ``[DONE]``."""
+    try:
+        async for event in events:
+            yield event
+    except APIError as error:
+        yield sse_error(error)
+    except Exception:
+        logger.exception("error while streaming")
+        yield sse_error(InternalError("The server had an error while streaming."))
+    yield SSE_DONE

@@ -1,0 +1,120 @@
+"""POST /v1/completions"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from nanovllm_api.errors import BadRequest
+from nanovllm_api.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
+from nanovllm_api.serving_common import (
+    Generation,
+    ServingContext,
+    cancel_on_disconnect,
+    check_fields,
+    event_stream,
+    outputs_of,
+    sampling_params,
+    sse,
+    start_generation,
+    usage,
+    validate_sequences,
+)
+from nanovllm_core.engine.model_runner import SampledToken
+
+DEFAULT_MAX_TOKENS = 16  # as OpenAI's completions endpoint
+
+
+def _prompts(ctx: ServingContext, prompt) -> list[list[int]]:
+    """Text, texts, token ids or lists of token ids, as token-id lists."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise BadRequest("prompt must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return [ctx.llm.tokenize(p) if isinstance(p, str) else list(p) for p in prompt]
+
+
+async def create_completion(request: CompletionRequest, raw: Request, ctx: ServingContext):
+    model = ctx.check_model(request.model)
+    check_fields(request)
+    if request.best_of not in (None, request.n):
+        raise BadRequest("best_of other than n is not supported", param="best_of")
+    if request.echo and request.logprobs is not None:
+        raise BadRequest("echo together with logprobs (prompt logprobs) is not supported", param="echo")
+    prompts = _prompts(ctx, request.prompt)
+    params = sampling_params(ctx, request, request.max_tokens or DEFAULT_MAX_TOKENS, request.logprobs)
+    # choice index = prompt index * n + choice within the prompt
+    sequences = [(prompt_ids, p) for prompt_ids in prompts for p in params]
+    validate_sequences(ctx, sequences)
+    echoes = [ctx.llm.tokenizer.decode(p) if request.echo else "" for p, _ in sequences]
+    generation = start_generation(ctx, "cmpl", model, prompts, sequences)
+    if request.stream:
+        return StreamingResponse(event_stream(_stream(ctx, request, generation, echoes)), media_type="text/event-stream")
+    return await cancel_on_disconnect(raw, _complete(ctx, request, generation, echoes))
+
+
+def _logprobs(ctx: ServingContext, request: CompletionRequest, sampled: list[SampledToken], offset: int):
+    if request.logprobs is None:
+        return None
+    tokenizer = ctx.llm.tokenizer
+    result = CompletionLogprobs()
+    for s in sampled:
+        token = tokenizer.decode([s.token_id])
+        result.tokens.append(token)
+        result.token_logprobs.append(s.logprob)
+        result.top_logprobs.append({tokenizer.decode([t]): lp for t, lp in (s.top_logprobs or [])})
+        result.text_offset.append(offset)
+        offset += len(token)
+    return result
+
+
+async def _complete(ctx, request: CompletionRequest, generation: Generation, echoes: list[str]) -> CompletionResponse:
+    count = len(generation.sequences)
+    texts, sampled, finals = list(echoes), [[] for _ in range(count)], [None] * count
+    async for index, output in outputs_of(ctx, generation):
+        texts[index] += output.new_text
+        sampled[index].extend(output.new_logprobs)
+        if output.finished:
+            finals[index] = output
+    choices = [
+        CompletionChoice(
+            index=i,
+            text=texts[i],
+            logprobs=_logprobs(ctx, request, sampled[i], len(echoes[i])),
+            finish_reason=final.finish_reason,
+            stop_reason=final.stop_reason,
+        )
+        for i, final in enumerate(finals)
+    ]
+    return CompletionResponse(
+        id=generation.request_id, created=generation.created, model=generation.model,
+        choices=choices, usage=usage(generation.prompts, finals),
+    )
+
+
+async def _stream(ctx, request: CompletionRequest, generation: Generation, echoes: list[str]) -> AsyncIterator[str]:
+    def chunk(choices, usage=None) -> str:
+        return sse(CompletionResponse(
+            id=generation.request_id, created=generation.created, model=generation.model, choices=choices, usage=usage
+        ))
+
+    for index, echo in enumerate(echoes):
+        if echo:
+            yield chunk([CompletionChoice(index=index, text=echo)])
+    offsets = [len(e) for e in echoes]
+    finals = [None] * len(generation.sequences)
+    async for index, output in outputs_of(ctx, generation):
+        logprobs = _logprobs(ctx, request, output.new_logprobs, offsets[index])
+        offsets[index] += len(output.new_text)
+        if output.new_text or logprobs or output.finished:
+            yield chunk([CompletionChoice(
+                index=index, text=output.new_text, logprobs=logprobs, finish_reason=output.finish_reason
+            )])
+        if output.finished:
+            finals[index] = output
+    if request.stream_options and request.stream_options.include_usage:
+        yield chunk([], usage=usage(generation.prompts, finals))

@@ -1,0 +1,19 @@
+"""GET /v1/models and /v1/models/{id}"""
+
+from __future__ import annotations
+
+from nanovllm_api.protocol import ModelCard, ModelList, now
+from nanovllm_api.serving_common import ServingContext
+
+
+def _card(ctx: ServingContext, name: str) -> ModelCard:
+    max_model_len = ctx.engine.engine.max_model_len if ctx.engine.engine is not None else None
+    return ModelCard(id=name, created=now(), root=str(ctx.config.model or name), max_model_len=max_model_len)
+
+
+def list_models(ctx: ServingContext) -> ModelList:
+    return ModelList(data=[_card(ctx, name) for name in ctx.model_names])
+
+
+def retrieve_model(ctx: ServingContext, model_id: str) -> ModelCard:
+    return _card(ctx, ctx.check_model(model_id))

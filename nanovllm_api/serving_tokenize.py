@@ -1,0 +1,30 @@
+"""POST /tokenize and /detokenize"""
+
+from __future__ import annotations
+
+from nanovllm_api.errors import BadRequest
+from nanovllm_api.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from nanovllm_api.serving_common import ServingContext, check_fields
+
+
+def tokenize(request: TokenizeRequest, ctx: ServingContext) -> TokenizeResponse:
+    ctx.check_model(request.model)
+    check_fields(request)
+    if (request.prompt is None) == (request.messages is None):
+        raise BadRequest("give exactly one of 'prompt' and 'messages'", param="prompt")
+    if request.messages is not None:
+        text = ctx.renderer.render(request.messages, request.add_generation_prompt, None)
+        tokens = ctx.renderer.encode(text)
+    else:
+        tokens = ctx.llm.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+    return TokenizeResponse(count=len(tokens), max_model_len=ctx.llm.max_model_len, tokens=tokens)
+
+
+def detokenize(request: DetokenizeRequest, ctx: ServingContext) -> DetokenizeResponse:
+    ctx.check_model(request.model)
+    check_fields(request)
+    vocab_size = ctx.llm.vocab_size
+    bad = [t for t in request.tokens if t >= vocab_size]
+    if bad:
+        raise BadRequest(f"token ids out of range [0, {vocab_size}): {bad[:5]}", param="tokens")
+    return DetokenizeResponse(prompt=ctx.llm.tokenizer.decode(request.tokens))

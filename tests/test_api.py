@@ -1,0 +1,355 @@
+"""The OpenAI-compatible server, for real: uvicorn on a free port, SmolLM2,
+driven by the official openai client and by httpx."""
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server_process import ServerProcess
+
+MODEL = "SmolLM2-135M-Instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    process = ServerProcess("--dtype", "float32", "--max-num-seqs", "32", log_path=log).wait_healthy()
+    yield process
+    assert process.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+
+
+@pytest.fixture
+def aclient(server):
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+
+
+def metric(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise KeyError(name)
+
+
+# endpoints
+
+
+def test_health_version_models_docs(server, client):
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert httpx.get(f"{server.url}/version").json()["version"]
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    assert "swagger" in httpx.get(f"{server.url}/docs").text.lower()
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize"} <= set(paths)
+
+
+def test_tokenize_and_detokenize_round_trip(server):
+    tokens = httpx.post(f"{server.url}/tokenize", json={"prompt": "Hello world"}).json()
+    assert tokens["count"] == len(tokens["tokens"]) == 2 and tokens["max_model_len"] == 4096
+    text = httpx.post(f"{server.url}/detokenize", json={"tokens": tokens["tokens"]}).json()["prompt"]
+    assert text == "Hello world"
+    chat = httpx.post(f"{server.url}/tokenize", json={"messages": FRANCE}).json()
+    assert chat["count"] == 37  # the model's own template, with its default system prompt
+
+
+def test_metrics_parse_and_count(server, client):
+    before = metric(server, "nanovllm_generation_tokens_total")
+    client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0)
+    assert metric(server, "nanovllm_generation_tokens_total") == before + 8
+    assert metric(server, "nanovllm_time_to_first_token_seconds_count") >= 1
+    assert metric(server, "nanovllm_kv_cache_usage_ratio") == 0
+    names = {f.name for f in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)}
+    assert {"nanovllm_num_requests_running", "nanovllm_num_requests_waiting", "nanovllm_prefix_cache_hit_rate",
+            "nanovllm_prompt_tokens", "nanovllm_time_per_output_token_seconds", "nanovllm_e2e_request_latency_seconds"} <= names
+
+
+# chat
+
+
+def test_chat_uses_the_models_template(client):
+    reply = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "The capital of France is Paris."
+    assert choice.finish_reason == "stop"
+    assert reply.usage.prompt_tokens == 37 and reply.usage.completion_tokens == 8
+
+
+def test_chat_content_parts_and_system_message(client):
+    parts = [{"role": "system", "content": "You are terse."},
+             {"role": "user", "content": [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of France?"}]}]
+    text = client.chat.completions.create(model=MODEL, messages=parts, temperature=0, max_tokens=16).choices[0].message.content
+    assert "Paris" in text
+
+
+def test_streaming_is_real_and_equals_non_streaming(client):
+    messages = [{"role": "user", "content": "Write a short poem about rain."}]
+    full = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=48)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=48, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant" and not chunks[0].choices[0].delta.content
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) > 20  # token by token, not one blob
+    assert "".join(deltas) == full.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 48
+
+
+def test_tokens_arrive_while_generation_runs(server):
+    """Real streaming: the first content arrives long before the last."""
+    body = {"messages": FRANCE, "temperature": 0, "max_tokens": 64, "ignore_eos": True, "stream": True}
+    arrivals = []
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append(time.monotonic())
+    assert len(arrivals) >= 60
+    assert arrivals[-1] - arrivals[1] > 10 * (arrivals[2] - arrivals[1] + 1e-3) or arrivals[-1] - arrivals[1] > 0.5
+
+
+def test_n_choices_seed_and_logprobs(client):
+    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Name an animal."}], max_tokens=12, temperature=1.0)
+    first = client.chat.completions.create(n=3, seed=7, **kwargs)
+    again = client.chat.completions.create(n=3, seed=7, **kwargs)
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    assert len({c.message.content for c in first.choices}) > 1
+    with_logprobs = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, logprobs=True, top_logprobs=3)
+    content = with_logprobs.choices[0].logprobs.content
+    assert len(content) == with_logprobs.usage.completion_tokens
+    assert "".join(t.token for t in content[:-1]) == "The capital of France is Paris."
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token and t.logprob <= 0 for t in content)
+
+
+def test_stop_strings_never_leak(client):
+    for stream in (False, True):
+        kwargs = dict(model=MODEL, messages=FRANCE, temperature=0, stop=[" Par", "zzz"])
+        if stream:
+            chunks = list(client.chat.completions.create(stream=True, **kwargs))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        else:
+            reply = client.chat.completions.create(**kwargs)
+            text, reasons = reply.choices[0].message.content, [reply.choices[0].finish_reason]
+        assert text == "The capital of France is"
+        assert reasons == ["stop"]
+
+
+def test_sampling_parameters_change_the_output(client):
+    base = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me about cats."}], max_tokens=24)
+    greedy = client.chat.completions.create(temperature=0, **base).choices[0].message.content
+    assert client.chat.completions.create(temperature=1.0, seed=3, extra_body={"top_k": 1}, **base).choices[0].message.content == greedy
+    penalised = client.chat.completions.create(temperature=0, frequency_penalty=2.0, **base).choices[0].message.content
+    assert penalised != greedy
+    first_token = client.chat.completions.create(
+        temperature=0, logprobs=True, max_tokens=1, model=MODEL, messages=base["messages"]
+    ).choices[0].logprobs.content[0].token
+    banned = httpx.post(f"{client.base_url}tokenize".replace("/v1", ""), json={"prompt": first_token, "add_special_tokens": False}).json()["tokens"][0]
+    biased = client.chat.completions.create(temperature=0, logit_bias={str(banned): -100}, **base).choices[0].message.content
+    assert not biased.startswith(first_token)
+    short = client.chat.completions.create(temperature=0, max_completion_tokens=3, **base)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+    long = client.chat.completions.create(temperature=0, extra_body={"min_tokens": 30, "ignore_eos": False}, model=MODEL, messages=FRANCE)
+    assert long.usage.completion_tokens >= 30
+
+
+# completions
+
+
+def test_completion_prompt_forms(client, server):
+    text = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert text.choices[0].text.strip().startswith("Paris")
+    ids = httpx.post(f"{server.url}/tokenize", json={"prompt": "The capital of France is"}).json()["tokens"]
+    by_ids = client.completions.create(model=MODEL, prompt=ids, max_tokens=5, temperature=0)
+    assert by_ids.choices[0].text == text.choices[0].text
+    many = client.completions.create(model=MODEL, prompt=["One, two,", "Red, green,"], max_tokens=4, temperature=0, n=2)
+    assert [c.index for c in many.choices] == [0, 1, 2, 3]
+    assert many.choices[0].text == many.choices[1].text != many.choices[2].text
+    lists = client.completions.create(model=MODEL, prompt=[ids, ids[:3]], max_tokens=4, temperature=0)
+    assert len(lists.choices) == 2 and lists.choices[0].text == text.choices[0].text[: len(lists.choices[0].text)]
+    assert lists.usage.prompt_tokens == len(ids) + 3
+
+
+def test_completion_echo_logprobs_and_stream(client):
+    echoed = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, echo=True)
+    assert echoed.choices[0].text.startswith("Once upon a time") and len(echoed.choices[0].text) > len("Once upon a time")
+    scored = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=2)
+    logprobs = scored.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 6
+    assert "".join(logprobs.tokens) == scored.choices[0].text
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs) and logprobs.text_offset[0] == 0
+    streamed = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == scored.choices[0].text
+
+
+# concurrency and disconnects
+
+
+def test_concurrent_requests_match_sequential_and_are_faster(aclient):
+    asyncio.run(_concurrent_vs_sequential(aclient))
+
+
+async def _concurrent_vs_sequential(aclient):
+    prompts = [f"Count from {i} to {i + 10}, one number per line." for i in range(16)]
+
+    async def ask(p):
+        reply = await aclient.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=24, extra_body={"ignore_eos": True}
+        )
+        return reply.choices[0].message.content
+
+    start = time.monotonic()
+    sequential = [await ask(p) for p in prompts]
+    sequential_time = time.monotonic() - start
+    start = time.monotonic()
+    concurrent = await asyncio.gather(*(ask(p) for p in prompts))
+    concurrent_time = time.monotonic() - start
+    assert list(concurrent) == sequential
+    assert concurrent_time < sequential_time / 2
+
+
+def test_client_disconnect_frees_its_slot(server, client):
+    body = {"messages": FRANCE, "max_tokens": 3000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+        assert metric(server, "nanovllm_num_requests_running") == 1
+    deadline = time.monotonic() + 10
+    while metric(server, "nanovllm_num_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(server, "nanovllm_num_requests_running") == 0
+    assert metric(server, "nanovllm_kv_cache_usage_ratio") == 0
+    assert client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0).choices[0].message.content
+
+
+def test_non_streaming_disconnect_aborts_too(server):
+    body = {"messages": FRANCE, "max_tokens": 3000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=1.5)
+    deadline = time.monotonic() + 10
+    while metric(server, "nanovllm_num_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(server, "nanovllm_num_requests_running") == 0
+
+
+# errors
+
+
+def post(server, path, body=None, **kwargs):
+    return httpx.post(f"{server.url}{path}", json=body, timeout=30, **kwargs)
+
+
+def assert_openai_error(response, status, error_type, param=None, code=None, contains=""):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == error_type and contains in error["message"]
+    if param:
+        assert error["param"] == param
+    if code:
+        assert error["code"] == code
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"messages": FRANCE, "temperature": -1}, "temperature"),
+        ({"messages": FRANCE, "temperature": "hot"}, "temperature"),
+        ({"messages": FRANCE, "n": 0}, "n"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+        ({"messages": FRANCE, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": FRANCE, "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"messages": FRANCE, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"messages": FRANCE, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": FRANCE, "surprise": True}, "surprise"),
+    ],
+)
+def test_invalid_parameters_are_400_naming_the_field(server, body, param):
+    assert_openai_error(post(server, "/v1/chat/completions", body), 400, "invalid_request_error", param=param)
+
+
+def test_context_length_is_400_with_the_numbers(server):
+    long_prompt = {"prompt": "hello " * 3000, "max_tokens": 2000}
+    response = post(server, "/v1/completions", long_prompt)
+    assert_openai_error(response, 400, "invalid_request_error", code="context_length_exceeded",
+                        contains="maximum context length is 4096 tokens")
+    assert "5001 tokens (3001 in the prompt, 2000 for the completion)" in response.json()["error"]["message"]
+    streamed = post(server, "/v1/completions", {**long_prompt, "stream": True})
+    assert_openai_error(streamed, 400, "invalid_request_error", code="context_length_exceeded")
+
+
+def test_malformed_and_oversize_bodies(server):
+    malformed = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert_openai_error(malformed, 400, "invalid_request_error", contains="not valid JSON")
+    huge = httpx.post(f"{server.url}/v1/completions", content=b"x" * (5 * 1024 * 1024), headers={"content-type": "application/json"})
+    assert_openai_error(huge, 413, "invalid_request_error")
+
+
+def test_unknown_model_is_404(server, client):
+    assert_openai_error(post(server, "/v1/chat/completions", {"model": "gpt-4", "messages": FRANCE}), 404,
+                        "not_found_error", param="model", code="model_not_found")
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="hi")
+
+
+def test_no_500_or_traceback_for_odd_input(server):
+    for body in ({"messages": FRANCE, "stop": ["x"] * 1000}, {"prompt": [10**9]}, {"prompt": []}, {"prompt": [[]]},
+                 {"messages": [{"role": "user", "content": ""}], "max_tokens": 1}):
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        response = post(server, path, body)
+        assert response.status_code in (200, 400), response.text
+        assert "Traceback" not in response.text and "/work" not in response.text
+
+
+# auth and queue limits
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("guarded") / "server.log"
+    process = ServerProcess("--dtype", "float32", "--max-num-seqs", "1", "--max-queued-requests", "0",
+                            env={"NANOVLLM_API_KEY": "sk-test"}, log_path=log).wait_healthy()
+    yield process
+    process.stop()
+
+
+def test_api_key_is_required_on_v1_but_not_health(guarded_server):
+    url = guarded_server.url
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert_openai_error(httpx.get(f"{url}/v1/models"), 401, "authentication_error")
+    assert_openai_error(httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "authentication_error")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong").models.list()
+    good = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test")
+    assert good.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0).choices[0].message.content
+
+
+def test_queue_limit_answers_429_fast(guarded_server):
+    headers = {"Authorization": "Bearer sk-test"}
+    body = {"messages": FRANCE, "max_tokens": 400, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{guarded_server.url}/v1/chat/completions", json=body, headers=headers, timeout=60) as busy:
+        lines = busy.iter_lines()  # kept: dropping the iterator closes the connection
+        next(lines)
+        start = time.monotonic()
+        rejected = httpx.post(f"{guarded_server.url}/v1/chat/completions", json={"messages": FRANCE}, headers=headers)
+        elapsed = time.monotonic() - start
+    assert_openai_error(rejected, 429, "rate_limit_error", code="queue_full")
+    assert rejected.headers["retry-after"] == "1"
+    assert elapsed < 1.0

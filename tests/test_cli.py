@@ -1,0 +1,47 @@
+"""The command line: flags, precedence over environment and config file, plugin listing."""
+
+import subprocess
+import sys
+
+from nanovllm_api.cli import build_parser
+from nanovllm_api.config import ServerConfig
+
+
+def _config(argv):
+    args = vars(build_parser().parse_args(argv))
+    args.pop("list_plugins")
+    return ServerConfig(**args)
+
+
+def test_cli_beats_env_beats_file_beats_defaults(tmp_path, monkeypatch):
+    config_file = tmp_path / "deploy.yaml"
+    config_file.write_text("port: 9001\nmax_num_seqs: 8\nmax_model_len: 1024\nserved_model_name: [smol, tiny]\n")
+    monkeypatch.setenv("NANOVLLM_MAX_NUM_SEQS", "16")
+    config = _config(["--config", str(config_file), "--max-model-len", "2048", "--no-enable-prefix-caching"])
+    assert config.port == 9001  # file
+    assert config.max_num_seqs == 16  # env beats file
+    assert config.max_model_len == 2048  # CLI beats file
+    assert config.served_model_name == ["smol", "tiny"]
+    assert config.enable_prefix_caching is False
+    assert config.host == "0.0.0.0" and config.tensor_parallel_size == 1  # defaults
+
+
+def test_help_explains_every_flag():
+    help_text = " ".join(build_parser().format_help().split())
+    for flag in ("--model", "--host", "--port", "--max-num-seqs", "--max-model-len", "--tensor-parallel-size",
+                 "--attention-backend", "--dtype", "--device", "--served-model-name", "--chat-template",
+                 "--api-key", "--config", "--log-level", "--list-plugins"):
+        assert flag in help_text
+    assert "(default: 8000)" in help_text
+
+
+def test_list_plugins_names_each_provider():
+    out = subprocess.run([sys.executable, "-m", "nanovllm_api", "--list-plugins"], capture_output=True, text=True, check=True).stdout
+    assert "Qwen3ForCausalLM" in out and "nanovllm-qwen3" in out
+    assert "torch" in out and "nanovllm (built-in)" in out
+    assert "default" in out and "nanovllm-sampling" in out
+
+
+def test_bad_settings_exit_with_a_message():
+    result = subprocess.run([sys.executable, "-m", "nanovllm_api", "--max-num-seqs", "0"], capture_output=True, text=True)
+    assert result.returncode != 0 and "max_num_seqs" in result.stderr
