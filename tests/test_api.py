@@ -310,8 +310,8 @@ def test_unknown_model_is_404(server, client):
 
 
 def test_no_500_or_traceback_for_odd_input(server):
-    for body in ({"messages": FRANCE, "stop": ["x"] * 1000}, {"prompt": [10**9]}, {"prompt": []}, {"prompt": [[]]},
-                 {"messages": [{"role": "user", "content": ""}], "max_tokens": 1}):
+    for body in ({"messages": FRANCE, "stop": ["x"] * 1000, "max_tokens": 8}, {"prompt": [10**9]}, {"prompt": []},
+                 {"prompt": [[]]}, {"messages": [{"role": "user", "content": ""}], "max_tokens": 1}):
         path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
         response = post(server, path, body)
         assert response.status_code in (200, 400), response.text
