@@ -58,8 +58,8 @@ def register_attention_backends(register):
 def register_chat_templates(register):
     """Register chat templates by name, for ``--chat-template NAME``.
 
-    The target is a Jinja2 template string in the Hugging Face chat-template
-    dialect (it receives ``messages``, ``add_generation_prompt`` and the
+    The target is a Jinja2 template string (taken as it is, never as a lazy
+    import path) in the Hugging Face chat-template dialect (it receives ``messages``, ``add_generation_prompt`` and the
     tokenizer's special tokens). By default a model's own template is used;
     a registered name overrides it.
     """

@@ -71,7 +71,8 @@ def get_registry(hook_name: str) -> Registry:
     attributed to the distribution that provides it.
     """
     pm = get_plugin_manager()
-    registry = Registry(REGISTRY_KINDS[hook_name])
+    # chat templates are Jinja strings, not lazy import paths
+    registry = Registry(REGISTRY_KINDS[hook_name], lazy_strings=hook_name != "register_chat_templates")
     for impl in getattr(pm.hook, hook_name).get_hookimpls()[::-1]:
         provider = _provider_of(pm, impl.plugin)
         impl.function(register=functools.partial(_register, registry, provider))

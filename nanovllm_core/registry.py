@@ -16,9 +16,10 @@ class Entry:
     name: str
     target: Any  # the object, or a lazy "module:attribute" string
     provider: str  # distribution (or plugin name) that registered it
+    lazy: bool = True  # False where strings are the values themselves (chat templates)
 
     def load(self) -> Any:
-        if not isinstance(self.target, str):
+        if not (self.lazy and isinstance(self.target, str)):
             return self.target
         module_name, _, attribute = self.target.partition(":")
         module = importlib.import_module(module_name)
@@ -28,14 +29,15 @@ class Entry:
 class Registry:
     """The implementations of one kind (e.g. attention backends) by name."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, lazy_strings: bool = True):
         self.kind = kind
+        self.lazy_strings = lazy_strings
         self._entries: dict[str, Entry] = {}
 
     def add(self, name: str, target: Any, provider: str) -> None:
         # First registration wins; plugins are called newest-first by pluggy,
         # so a third-party plugin can override a built-in of the same name.
-        self._entries.setdefault(name, Entry(name, target, provider))
+        self._entries.setdefault(name, Entry(name, target, provider, self.lazy_strings))
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries

@@ -169,6 +169,49 @@ def test_sampling_parameters_change_the_output(client):
     assert long.usage.completion_tokens >= 30
 
 
+def test_remaining_sampling_parameters(client):
+    base = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me about dogs."}], max_tokens=16)
+    greedy = client.chat.completions.create(temperature=0, **base).choices[0].message.content
+    # truncation so tight that only the best token survives makes hot sampling greedy
+    for extra in ({"top_p": 0.001}, {"extra_body": {"min_p": 1.0}}):
+        assert client.chat.completions.create(temperature=1.5, seed=5, **extra, **base).choices[0].message.content == greedy
+    assert client.chat.completions.create(temperature=1.5, seed=5, **base).choices[0].message.content != greedy
+    repeat = dict(model=MODEL, prompt="The cat sat. The cat sat. The cat sat.", max_tokens=12, temperature=0)
+    repetitive = client.completions.create(**repeat).choices[0].text
+    assert repetitive.count("cat sat") == 3
+    for penalty in ({"presence_penalty": 2.0}, {"extra_body": {"repetition_penalty": 2.0}}):
+        assert client.completions.create(**penalty, **repeat).choices[0].text.count("cat sat") < 3
+
+
+def test_stop_token_ids_and_special_tokens(client, server):
+    is_id = httpx.post(f"{server.url}/tokenize", json={"prompt": " is", "add_special_tokens": False}).json()["tokens"][0]
+    stopped = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, extra_body={"stop_token_ids": [is_id]})
+    assert stopped.choices[0].message.content == "The capital of France"
+    assert stopped.choices[0].finish_reason == "stop" and stopped.choices[0].model_extra["stop_reason"] == is_id
+    past_eos = dict(model=MODEL, messages=FRANCE, temperature=0, max_tokens=12)
+    hidden = client.chat.completions.create(**past_eos, extra_body={"ignore_eos": True})
+    shown = client.chat.completions.create(**past_eos, extra_body={"ignore_eos": True, "skip_special_tokens": False})
+    assert hidden.usage.completion_tokens == 12 and "<|im_end|>" not in hidden.choices[0].message.content
+    assert shown.choices[0].message.content.startswith("The capital of France is Paris.<|im_end|>")
+
+
+def test_cors_is_off_by_default(server):
+    preflight = httpx.options(f"{server.url}/v1/chat/completions",
+                              headers={"Origin": "https://example.com", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_example_client_runs_against_the_server(server):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "example_api_server.py"
+    out = subprocess.run([sys.executable, str(example), "--base-url", f"{server.url}/v1"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "chat: The capital of France is Paris." in out and "streaming: " in out
+
+
 # completions
 
 
@@ -325,6 +368,7 @@ def test_no_500_or_traceback_for_odd_input(server):
 def guarded_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("guarded") / "server.log"
     process = ServerProcess("--dtype", "float32", "--max-num-seqs", "1", "--max-queued-requests", "0",
+                            "--cors-allowed-origins", "https://app.example.com", "--chat-template", "chatml",
                             env={"NANOVLLM_API_KEY": "sk-test"}, log_path=log).wait_healthy()
     yield process
     process.stop()
@@ -353,3 +397,18 @@ def test_queue_limit_answers_429_fast(guarded_server):
     assert_openai_error(rejected, 429, "rate_limit_error", code="queue_full")
     assert rejected.headers["retry-after"] == "1"
     assert elapsed < 1.0
+
+
+def test_cors_when_configured(guarded_server):
+    preflight = httpx.options(f"{guarded_server.url}/v1/chat/completions",
+                              headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+
+
+def test_chat_template_flag_overrides_the_models(guarded_server):
+    headers = {"Authorization": "Bearer sk-test"}
+    tokens = httpx.post(f"{guarded_server.url}/tokenize", json={"messages": FRANCE}, headers=headers).json()["tokens"]
+    text = httpx.post(f"{guarded_server.url}/detokenize", json={"tokens": tokens}, headers=headers).json()["prompt"]
+    # chatml has no default system prompt, unlike SmolLM2's own template
+    assert text == "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"

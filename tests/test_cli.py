@@ -45,3 +45,12 @@ def test_list_plugins_names_each_provider():
 def test_bad_settings_exit_with_a_message():
     result = subprocess.run([sys.executable, "-m", "nanovllm_api", "--max-num-seqs", "0"], capture_output=True, text=True)
     assert result.returncode != 0 and "max_num_seqs" in result.stderr
+
+
+def test_nano_vllm_aliases():
+    import nanovllm
+    from nanovllm_core import LLM, SamplingParams
+
+    assert nanovllm.LLM is LLM and nanovllm.SamplingParams is SamplingParams
+    out = subprocess.run([sys.executable, "-m", "nanovllm.entrypoints.api_server", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--tensor-parallel-size" in out
