@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from nanovllm_core.config import EngineConfig
 
@@ -30,3 +30,9 @@ class ServerConfig(EngineConfig):
         default_factory=list, description="Origins allowed by CORS, e.g. '*'; empty: CORS off."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
+
+    @model_validator(mode="after")
+    def _needs_a_tokenizer(self) -> "ServerConfig":
+        if self.skip_tokenizer_init:
+            raise ValueError("skip_tokenizer_init is for offline use; the server needs the tokenizer")
+        return self

@@ -89,6 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, error: APIError) -> JSONResponse:
         return error.response()
 
+    @app.exception_handler(InvalidRequestError)
+    async def engine_refused(request: Request, error: InvalidRequestError) -> JSONResponse:
+        return from_engine_error(error).response()
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         message, param = _describe_validation_error(error.errors()[0] if error.errors() else {})

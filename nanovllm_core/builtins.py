@@ -14,6 +14,8 @@ CHATML_TEMPLATE = (
 @hookimpl
 def register_attention_backends(register):
     register("torch", "nanovllm_core.attention.torch_backend:TorchAttentionBackend")
+    register("triton", "nanovllm_core.attention.triton_backend:TritonAttentionBackend")
+    register("flash-attn", "nanovllm_core.attention.flash_attn_backend:FlashAttentionBackend")
 
 
 @hookimpl

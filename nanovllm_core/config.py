@@ -84,6 +84,12 @@ class EngineConfig(BaseSettings):
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of prompts that share a prefix.")
     enforce_eager: bool = Field(False, description="Never capture CUDA graphs.")
     seed: int = Field(0, description="Seed for requests that do not set their own.")
+    load_format: Literal["auto", "dummy"] = Field(
+        "auto", description="dummy: random weights from config.json alone, for speed benchmarks."
+    )
+    skip_tokenizer_init: bool = Field(
+        False, description="Load no tokenizer: prompts must be token ids and outputs carry no text."
+    )
 
     @field_validator("dtype", mode="before")
     @classmethod

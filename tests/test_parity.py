@@ -35,10 +35,14 @@ def reference_logits(checkpoint, prompt_ids: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "block_size,max_num_batched_tokens",
-    [(16, 2048), (4, 24)],  # the second crosses many block boundaries and prefills in chunks
+    "attention_backend,block_size,max_num_batched_tokens",
+    [
+        ("torch", 16, 2048),
+        ("torch", 4, 24),  # crosses many block boundaries and prefills in chunks beside decodes
+        ("triton", 4, 24),  # the triton kernels, interpreted on a CPU
+    ],
 )
-def test_logits_match_transformers(checkpoint, block_size, max_num_batched_tokens):
+def test_logits_match_transformers(checkpoint, attention_backend, block_size, max_num_batched_tokens):
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 40000, (n,), generator=generator).tolist() for n in (7, 33, 58)]
     LogitsRecorder.records.clear()
@@ -47,6 +51,7 @@ def test_logits_match_transformers(checkpoint, block_size, max_num_batched_token
             str(checkpoint),
             dtype="float32",
             sampler="record-logits",
+            attention_backend=attention_backend,
             block_size=block_size,
             max_num_batched_tokens=max_num_batched_tokens,
         )

@@ -57,3 +57,30 @@ def test_prefix_cache_reuses_blocks_and_keeps_output(smollm2_llm, smollm2_tokeni
         engine.block_manager.enable_prefix_caching = True
     assert second["token_ids"] == uncached["token_ids"]
     assert first["token_ids"] != second["token_ids"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "triton", "flash-attn"])
+def test_greedy_parity_on_cuda(backend, smollm2_path, smollm2_tokenizer, reference_model):
+    """On a GPU: float32 backends give transformers' greedy tokens; flash-attn
+    (half precision only) agrees with the torch backend in bfloat16."""
+    from nanovllm_core import LLM
+    from nanovllm_core.plugins import attention_backends
+
+    try:
+        attention_backends().get(backend).check_available(torch.device("cuda"))
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    prompts = [chat_prompt(smollm2_tokenizer, m) for m in CHAT_MESSAGES]
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
+    if backend == "flash-attn":
+        ours = LLM(str(smollm2_path), device="cuda", dtype="bfloat16", attention_backend=backend, block_size=256)
+        peer = LLM(str(smollm2_path), device="cuda", dtype="bfloat16", attention_backend="torch", enforce_eager=True)
+        for a, b in zip(ours.generate(prompts, params, use_tqdm=False), peer.generate(prompts, params, use_tqdm=False)):
+            assert a["token_ids"][:8] == b["token_ids"][:8]
+        return
+    ours = LLM(str(smollm2_path), device="cuda", dtype="float32", attention_backend=backend)
+    for prompt, result in zip(prompts, ours.generate(prompts, params, use_tqdm=False)):
+        ids = smollm2_tokenizer(prompt, return_tensors="pt").input_ids
+        expected = reference_model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False)[0, ids.shape[1] :]
+        assert result["token_ids"] == expected.tolist()

@@ -39,6 +39,7 @@ class AttentionBackend:
 
     name: str = ""
     devices: tuple[str, ...] = ("cpu", "cuda")
+    supports_cuda_graphs = False  # True when forward() on decodes needs no host synchronisation
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int):
         self.num_heads = num_heads
@@ -56,6 +57,11 @@ class AttentionBackend:
 
     def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
         """Shape of one layer's K (and of its V) cache."""
+        raise NotImplementedError
+
+    def store(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              slot_mapping: torch.Tensor) -> None:
+        """Write key/value ``[tokens, kv_heads, head_dim]`` into the caches at ``slot_mapping``."""
         raise NotImplementedError
 
     def forward(

@@ -26,7 +26,7 @@ class TorchAttentionBackend(AttentionBackend):
         return (self.num_kv_heads, num_blocks, self.block_size, self.head_dim)
 
     def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
-        self._store(key, value, k_cache, v_cache, metadata.slot_mapping)
+        self.store(key, value, k_cache, v_cache, metadata.slot_mapping)
         output = torch.empty_like(query)
         num_decodes = metadata.num_decode_tokens
         if num_decodes:
@@ -38,7 +38,7 @@ class TorchAttentionBackend(AttentionBackend):
             start = end
         return output
 
-    def _store(self, key, value, k_cache, v_cache, slot_mapping):
+    def store(self, key, value, k_cache, v_cache, slot_mapping):
         kv_heads, head_dim = k_cache.shape[0], k_cache.shape[-1]
         k_cache.view(kv_heads, -1, head_dim).index_copy_(1, slot_mapping, key.transpose(0, 1))
         v_cache.view(kv_heads, -1, head_dim).index_copy_(1, slot_mapping, value.transpose(0, 1))

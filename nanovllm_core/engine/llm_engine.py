@@ -43,7 +43,7 @@ class RequestOutput:
 class RequestState:
     """A sequence and the text made from it so far."""
 
-    def __init__(self, seq: Sequence, detokenizer: IncrementalDetokenizer):
+    def __init__(self, seq: Sequence, detokenizer: IncrementalDetokenizer | None):
         self.seq = seq
         self.detokenizer = detokenizer
         self.stops = StopStringMatcher(seq.params.stop, seq.params.include_stop_str_in_output)
@@ -53,9 +53,9 @@ class RequestState:
 class LLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.source = resolve_model(config.model)
+        self.source = resolve_model(config.model, need_weights=config.load_format != "dummy")
         self.hf_config = self.source.load_config()
-        self.tokenizer = self.source.load_tokenizer(config.tokenizer)
+        self.tokenizer = None if config.skip_tokenizer_init else self.source.load_tokenizer(config.tokenizer)
         self.eos_token_ids = self._eos_token_ids()
         self.max_model_len = min(config.max_model_len, self.hf_config.max_position_embeddings)
         self.runner = ModelRunner(config, self.source, self.hf_config, self.eos_token_ids)
@@ -70,7 +70,7 @@ class LLMEngine:
 
     def _eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
-        candidates = [self.hf_config.eos_token_id, self.tokenizer.eos_token_id]
+        candidates = [self.hf_config.eos_token_id, getattr(self.tokenizer, "eos_token_id", None)]
         if not self.source.is_gguf and (self.source.path / "generation_config.json").is_file():
             candidates.append(GenerationConfig.from_pretrained(self.source.path).eos_token_id)
         for candidate in candidates:
@@ -81,9 +81,11 @@ class LLMEngine:
         return ids
 
     def tokenize(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=True)
-        return list(prompt)
+        if not isinstance(prompt, str):
+            return list(prompt)
+        if self.tokenizer is None:
+            raise InvalidRequestError("no tokenizer is loaded (skip_tokenizer_init): give token ids", param="prompt")
+        return self.tokenizer.encode(prompt, add_special_tokens=True)
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
         """Check that the request can run; return its max_tokens. Raises ValueError."""
@@ -118,7 +120,10 @@ class LLMEngine:
             params = replace(params, max_tokens=max_tokens)
         seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
         seq = Sequence(request_id, prompt_token_ids, params, seed & SEED_MASK)
-        detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
+        detokenizer = (
+            IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
+            if self.tokenizer is not None else None
+        )
         self.requests[request_id] = RequestState(seq, detokenizer)
         self.scheduler.add(seq)
         return seq
@@ -153,13 +158,14 @@ class LLMEngine:
         seq.append_token(token)
         params = seq.params
         ends_on_token = token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos)
-        delta = "" if ends_on_token else state.detokenizer.add([token])
+        detokenizer = state.detokenizer
+        delta = "" if ends_on_token or detokenizer is None else detokenizer.add([token])
         if ends_on_token:
             seq.finish("stop", token if token in params.stop_token_ids else None)
         elif seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
             seq.finish("length")
-        if seq.is_finished:
-            delta += state.detokenizer.flush()
+        if seq.is_finished and detokenizer is not None:
+            delta += detokenizer.flush()
         emitted, stop_string = state.stops.add(delta)
         if stop_string is not None:
             seq.finish("stop", stop_string)

@@ -12,6 +12,7 @@ from torch import nn
 from nanovllm_core import plugins
 from nanovllm_core.attention import AttentionBackend, AttentionMetadata, forward_context
 from nanovllm_core.config import EngineConfig
+from nanovllm_core.engine.cuda_graphs import CudaGraphRunner
 from nanovllm_core.engine.scheduler import ScheduledBatch
 from nanovllm_core.layers.attention import Attention
 from nanovllm_core.loader import ModelSource, load_model_weights
@@ -91,6 +92,7 @@ class ModelRunner:
         backend_cls = select_attention_backend(config.attention_backend, self.device)
         self.backend = backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, self.block_size)
         self.num_blocks = self._allocate_kv_cache()
+        self.cuda_graphs = self._capture_cuda_graphs()
         logger.info(
             "model %s on %s in %s, attention backend %s, KV cache %d blocks of %d tokens",
             hf_config.architectures[0], self.device, self.dtype, self.backend.name, self.num_blocks, self.block_size,
@@ -106,7 +108,10 @@ class ModelRunner:
                 model = model_cls(self.hf_config)
         finally:
             torch.set_default_dtype(previous_dtype)
-        load_model_weights(model, source, self.hf_config)
+        if self.config.load_format == "dummy":
+            _randomise(model)
+        else:
+            load_model_weights(model, source, self.hf_config)
         return model.eval()
 
     def kv_bytes_per_block(self) -> int:
@@ -119,20 +124,61 @@ class ModelRunner:
             return int(self.config.kv_cache_memory_gb * GiB)
         if self.device.type == "cpu":
             return int(CPU_KV_CACHE_GB * GiB)
+        activation_peak = self._profile_activation_memory()
         free, total = torch.cuda.mem_get_info(self.device)
-        used_by_others = total - free
-        return int(total * self.config.gpu_memory_utilization - used_by_others)
+        budget = int(total * self.config.gpu_memory_utilization - (total - free) - activation_peak)
+        logger.info("GPU: %.1f GiB in use, activation peak %.2f GiB, KV cache %.1f GiB",
+                    (total - free) / GiB, activation_peak / GiB, budget / GiB)
+        return budget
 
-    def _allocate_kv_cache(self) -> int:
-        num_blocks = self._kv_cache_budget() // self.kv_bytes_per_block()
-        if num_blocks < 1:
-            raise RuntimeError("the KV-cache memory budget is too small for a single block")
+    def _set_kv_cache(self, num_blocks: int) -> None:
         shape = self.backend.kv_cache_shape(num_blocks)
         for layer in self.attention_layers:
             layer.backend = self.backend
             layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def _profile_activation_memory(self) -> int:
+        """Peak memory of the largest step the scheduler can make (one prefill of
+        max_num_batched_tokens, logits for max_num_seqs rows), beyond the weights."""
+        tokens = min(self.config.max_num_batched_tokens, self.hf_config.max_position_embeddings)
+        num_blocks = -(-tokens // self.block_size)
+        self._set_kv_cache(num_blocks)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        metadata = AttentionMetadata(
+            num_decode_tokens=0,
+            slot_mapping=torch.arange(tokens, device=self.device),
+            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=self.device)[None],
+            context_lens=torch.tensor([tokens], dtype=torch.int32, device=self.device),
+            query_start_loc=torch.tensor([0, tokens], dtype=torch.int32, device=self.device),
+            max_query_len=tokens, max_context_len=tokens, query_lens_host=[tokens], context_lens_host=[tokens],
+        )
+        with forward_context(metadata):
+            hidden_states = self.model(torch.zeros(tokens, dtype=torch.int64, device=self.device),
+                                       torch.arange(tokens, device=self.device))
+        rows = min(tokens, self.config.max_num_seqs)
+        self.model.compute_logits(hidden_states[:rows]).float().softmax(dim=-1)
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        self._set_kv_cache(0)
+        torch.cuda.empty_cache()
+        return peak
+
+    def _allocate_kv_cache(self) -> int:
+        num_blocks = self._kv_cache_budget() // self.kv_bytes_per_block()
+        if num_blocks < 1:
+            raise RuntimeError("the KV-cache memory budget is too small for a single block")
+        self._set_kv_cache(num_blocks)
         return num_blocks
+
+    def _capture_cuda_graphs(self) -> CudaGraphRunner | None:
+        if self.device.type != "cuda" or self.config.enforce_eager or not self.backend.supports_cuda_graphs:
+            return None
+        max_model_len = min(self.config.max_model_len, self.hf_config.max_position_embeddings)
+        max_blocks = -(-max_model_len // self.block_size)
+        return CudaGraphRunner(self.model, min(self.config.max_num_seqs, 512), max_blocks, self.device)
 
     def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
         input_ids: list[int] = []
@@ -176,8 +222,12 @@ class ModelRunner:
         """Run one step; return a token for each sequence of the batch whose last
         token was computed, None for prompts still being prefilled in chunks."""
         input_ids, positions, metadata, sample_indices = self._prepare(batch)
-        with forward_context(metadata):
-            hidden_states = self.model(input_ids, positions)
+        graphs = self.cuda_graphs
+        if graphs is not None and graphs.can_run(len(batch), batch.num_decodes, metadata.block_tables.shape[1]):
+            hidden_states = graphs.run(input_ids, positions, metadata)
+        else:
+            with forward_context(metadata):
+                hidden_states = self.model(input_ids, positions)
         finishes_prompt = [seq.num_computed_tokens + n == len(seq) for seq, n in zip(batch.seqs, batch.num_new_tokens)]
         sampled_seqs = [seq for seq, done in zip(batch.seqs, finishes_prompt) if done]
         if not sampled_seqs:
@@ -186,6 +236,13 @@ class ModelRunner:
         sampling = SamplingBatch.from_sequences(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids)
         tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
         return [next(tokens) if done else None for done in finishes_prompt]
+
+
+@torch.no_grad()
+def _randomise(model: nn.Module) -> None:
+    """Small random weights, for benchmarks where only speed matters."""
+    for param in model.parameters():
+        param.uniform_(-0.02, 0.02) if param.dim() > 1 else param.fill_(1.0)
 
 
 def _cumsum(values: list[int]) -> list[int]:

@@ -66,7 +66,7 @@ def default_model_path() -> Path:
     return path
 
 
-def resolve_model(model: str | None) -> ModelSource:
+def resolve_model(model: str | None, need_weights: bool = True) -> ModelSource:
     """Check that ``model`` is something nanovllm can load, before any heavy work."""
     if not model:
         return ModelSource(default_model_path(), DEFAULT_MODEL_NAME)
@@ -78,7 +78,7 @@ def resolve_model(model: str | None) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{model}: no config.json in this directory")
-        if not any(path.glob("*.safetensors")):
+        if need_weights and not any(path.glob("*.safetensors")):
             raise ModelNotFoundError(f"{model}: no *.safetensors weights in this directory")
         return ModelSource(path, path.name)
     raise ModelNotFoundError(

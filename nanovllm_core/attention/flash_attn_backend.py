@@ -1,0 +1,69 @@
+"""The ``flash-attn`` backend: the flash-attn package's paged kernels (CUDA only).
+
+Decodes use ``flash_attn_with_kvcache`` and prefill chunks
+``flash_attn_varlen_func``, both reading K/V through the block table. flash-attn
+wants pages of a multiple of 256 tokens, so this backend needs ``block_size``
+256 (or 512, ...). New K/V are written with the triton store kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nanovllm_core.attention.backend import AttentionBackend, AttentionMetadata
+
+PAGE_MULTIPLE = 256
+INSTALL_HINT = "pip install flash-attn --no-build-isolation (needs a CUDA GPU and a matching torch)"
+
+
+class FlashAttentionBackend(AttentionBackend):
+    name = "flash-attn"
+    devices = ("cuda",)
+    supports_cuda_graphs = True
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int):
+        if block_size % PAGE_MULTIPLE:
+            raise ValueError(f"attention backend 'flash-attn' needs block_size to be a multiple of "
+                             f"{PAGE_MULTIPLE}, got {block_size}; pass --block-size 256")
+        super().__init__(num_heads, num_kv_heads, head_dim, block_size)
+
+    @classmethod
+    def check_available(cls, device: torch.device) -> None:
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError as error:
+            raise RuntimeError(f"attention backend 'flash-attn' is not installed: {INSTALL_HINT}") from error
+        super().check_available(device)
+
+    def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
+        return (num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+
+    def store(self, key, value, k_cache, v_cache, slot_mapping):
+        from nanovllm_core.attention.triton_kernels import store_kv
+
+        store_kv(key, value, k_cache, v_cache, slot_mapping)
+
+    def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+        from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
+
+        self.store(key, value, k_cache, v_cache, metadata.slot_mapping)
+        num_decodes = metadata.num_decode_tokens
+        output = torch.empty_like(query)
+        if num_decodes:
+            output[:num_decodes] = flash_attn_with_kvcache(
+                query[:num_decodes].unsqueeze(1), k_cache, v_cache,
+                cache_seqlens=metadata.context_lens[:num_decodes],
+                block_table=metadata.block_tables[:num_decodes],
+                softmax_scale=scale, causal=True,
+            ).squeeze(1)
+        if len(metadata.query_lens_host) > num_decodes:
+            context_lens = metadata.context_lens[num_decodes:]
+            query_start = metadata.query_start_loc[num_decodes:] - metadata.query_start_loc[num_decodes]
+            context_start = torch.nn.functional.pad(context_lens.cumsum(0, dtype=torch.int32), (1, 0))
+            output[num_decodes:] = flash_attn_varlen_func(
+                query[num_decodes:], k_cache, v_cache,
+                cu_seqlens_q=query_start, cu_seqlens_k=context_start,
+                max_seqlen_q=metadata.max_query_len, max_seqlen_k=metadata.max_context_len,
+                softmax_scale=scale, causal=True, block_table=metadata.block_tables[num_decodes:],
+            )
+        return output

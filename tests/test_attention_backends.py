@@ -1,0 +1,167 @@
+"""Every attention backend gives the torch backend's output on the same paged
+batch: decodes and prefill chunks together, cached prefixes, block boundaries,
+GQA ratios, head sizes and block sizes. Triton runs under TRITON_INTERPRET=1
+without a GPU (see conftest)."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from nanovllm_core.attention import AttentionMetadata
+from nanovllm_core.attention.flash_attn_backend import FlashAttentionBackend
+from nanovllm_core.attention.torch_backend import TorchAttentionBackend
+from nanovllm_core.attention.triton_backend import TritonAttentionBackend
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+NUM_BLOCKS = 64
+
+
+@dataclass
+class Batch:
+    """Sequences as (tokens already cached, new tokens this step); decodes first."""
+
+    shapes: list[tuple[int, int]]
+    heads: int
+    kv_heads: int
+    head_dim: int
+    block_size: int
+
+
+BATCHES = [
+    Batch([(0, 1), (20, 1), (47, 1)], heads=4, kv_heads=4, head_dim=64, block_size=16),  # decodes only
+    Batch([(0, 9), (0, 40)], heads=8, kv_heads=2, head_dim=64, block_size=16),  # fresh prompts
+    Batch([(31, 1), (5, 1), (16, 12), (0, 23), (40, 17)], heads=12, kv_heads=4, head_dim=128, block_size=8),
+    Batch([(63, 1), (32, 33), (7, 3)], heads=9, kv_heads=3, head_dim=64, block_size=32),  # SmolLM2's heads
+    Batch([(15, 2), (16, 16)], heads=2, kv_heads=1, head_dim=128, block_size=4),  # chunks ending on boundaries
+]
+
+
+def make_metadata(batch: Batch, num_blocks: int, generator: torch.Generator) -> AttentionMetadata:
+    order = torch.randperm(num_blocks, generator=generator).tolist()  # scattered, not contiguous, blocks
+    tables, slots = [], []
+    for cached, new in batch.shapes:
+        blocks = [order.pop() for _ in range(-(-(cached + new) // batch.block_size))]
+        tables.append(blocks)
+        slots += [blocks[p // batch.block_size] * batch.block_size + p % batch.block_size for p in range(cached, cached + new)]
+    width = max(len(t) for t in tables)
+    query_lens = [new for _, new in batch.shapes]
+    context_lens = [cached + new for cached, new in batch.shapes]
+    starts = torch.tensor([0] + query_lens).cumsum(0)
+    return AttentionMetadata(
+        num_decode_tokens=sum(1 for n in query_lens if n == 1),
+        slot_mapping=torch.tensor(slots, device=DEVICE),
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=DEVICE),
+        context_lens=torch.tensor(context_lens, dtype=torch.int32, device=DEVICE),
+        query_start_loc=starts.to(torch.int32).to(DEVICE),
+        max_query_len=max(query_lens),
+        max_context_len=max(context_lens),
+        query_lens_host=query_lens,
+        context_lens_host=context_lens,
+    )
+
+
+def prefix_slots(batch: Batch, metadata: AttentionMetadata) -> torch.Tensor:
+    tables = metadata.block_tables.tolist()
+    return torch.tensor(
+        [tables[i][p // batch.block_size] * batch.block_size + p % batch.block_size
+         for i, (cached, _) in enumerate(batch.shapes) for p in range(cached)],
+        dtype=torch.int64, device=DEVICE,
+    )
+
+
+@dataclass
+class Case:
+    batch: Batch
+    metadata: AttentionMetadata
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    prefix_key: torch.Tensor  # K/V of the cached tokens, sequence after sequence
+    prefix_value: torch.Tensor
+
+
+def make_case(batch: Batch, dtype: torch.dtype, seed: int = 0) -> Case:
+    generator = torch.Generator().manual_seed(seed)
+    metadata = make_metadata(batch, NUM_BLOCKS, generator)
+    tokens, cached = sum(n for _, n in batch.shapes), sum(c for c, _ in batch.shapes)
+
+    def randn(rows, heads):
+        return torch.randn(rows, heads, batch.head_dim, generator=generator).to(dtype).to(DEVICE)
+
+    return Case(batch, metadata, randn(tokens, batch.heads), randn(tokens, batch.kv_heads), randn(tokens, batch.kv_heads),
+                randn(cached, batch.kv_heads), randn(cached, batch.kv_heads))
+
+
+def run(backend_cls, case: Case) -> torch.Tensor:
+    batch = case.batch
+    backend = backend_cls(batch.heads, batch.kv_heads, batch.head_dim, batch.block_size)
+    k_cache = torch.zeros(backend.kv_cache_shape(NUM_BLOCKS), dtype=case.query.dtype, device=DEVICE)
+    v_cache = torch.zeros_like(k_cache)
+    if case.prefix_key.shape[0]:
+        backend.store(case.prefix_key, case.prefix_value, k_cache, v_cache, prefix_slots(batch, case.metadata))
+    out = backend.forward(case.query, case.key, case.value, k_cache, v_cache, case.metadata, batch.head_dim**-0.5)
+    return out.float().cpu()
+
+
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"{b.heads}h{b.kv_heads}kv{b.head_dim}d-bs{b.block_size}-{len(b.shapes)}seqs")
+def test_triton_matches_torch(batch):
+    case = make_case(batch, torch.float32)
+    torch.testing.assert_close(run(TritonAttentionBackend, case), run(TorchAttentionBackend, case), atol=2e-5, rtol=1e-4)
+
+
+# Triton's CPU interpreter computes through numpy, which has no bfloat16 (its
+# bfloat16 results are garbage while float16 is right); on a GPU both are checked.
+HALF_DTYPES = [torch.float16, torch.bfloat16] if DEVICE.type == "cuda" else [torch.float16]
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_triton_matches_torch_in_half_precision(dtype):
+    case = make_case(BATCHES[2], dtype)
+    torch.testing.assert_close(run(TritonAttentionBackend, case), run(TorchAttentionBackend, case), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("batch", BATCHES[2:4], ids=["mixed", "smollm2-heads"])
+def test_torch_backend_matches_plain_attention(batch):
+    """The reference itself, against softmax(QK^T)V written out per sequence."""
+    case = make_case(batch, torch.float32)
+    out = run(TorchAttentionBackend, case)
+    group = batch.heads // batch.kv_heads
+    query, key, value = case.query.cpu(), case.key.cpu(), case.value.cpu()
+    prefix_key, prefix_value = case.prefix_key.cpu(), case.prefix_value.cpu()
+    q_at = k_at = 0
+    for cached, new in batch.shapes:
+        k = torch.cat([prefix_key[k_at:k_at + cached], key[q_at:q_at + new]]).repeat_interleave(group, dim=1)
+        v = torch.cat([prefix_value[k_at:k_at + cached], value[q_at:q_at + new]]).repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", query[q_at:q_at + new], k) * batch.head_dim**-0.5
+        causal = torch.arange(cached + new)[None, :] <= torch.arange(cached, cached + new)[:, None]
+        expected = torch.einsum("hqk,khd->qhd", scores.masked_fill(~causal, float("-inf")).softmax(-1), v)
+        torch.testing.assert_close(out[q_at:q_at + new], expected, atol=1e-5, rtol=1e-4)
+        q_at, k_at = q_at + new, k_at + cached
+
+
+def test_gpu_only_backends_fail_clearly_on_the_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="'triton' needs a CUDA GPU.*--attention-backend torch"):
+        TritonAttentionBackend.check_available(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="flash-attn"):
+        FlashAttentionBackend.check_available(torch.device("cpu"))
+    with pytest.raises(ValueError, match="multiple of 256.*--block-size 256"):
+        FlashAttentionBackend(8, 2, 64, block_size=16)
+
+
+def test_auto_picks_torch_on_the_cpu():
+    from nanovllm_core.engine.model_runner import select_attention_backend
+
+    assert select_attention_backend("auto", torch.device("cpu")) is TorchAttentionBackend
+    with pytest.raises(RuntimeError, match="flash-attn"):
+        select_attention_backend("flash-attn", torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"{b.heads}h{b.kv_heads}kv{b.head_dim}d-{len(b.shapes)}seqs")
+def test_flash_attn_matches_torch_on_gpu(batch):
+    pytest.importorskip("flash_attn")
+    wide = Batch(batch.shapes, batch.heads, batch.kv_heads, batch.head_dim, block_size=256)
+    case = make_case(wide, torch.float16)
+    torch.testing.assert_close(run(FlashAttentionBackend, case), run(TorchAttentionBackend, case), atol=2e-2, rtol=2e-2)
