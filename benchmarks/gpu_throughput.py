@@ -12,6 +12,7 @@ stream decode tok/s with and without CUDA graphs. Writes a table and JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import shutil
@@ -52,8 +53,6 @@ def bench_throughput(model_dir, backend, prompts, output_lens) -> dict:
     llm.generate([prompts[0][:16]], SamplingParams(max_tokens=8), use_tqdm=False)
     params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True) for n in output_lens]
     seconds = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
-    del llm
-    torch.cuda.empty_cache()
     return {"engine": f"nanovllm/{backend}", "tok_per_s": sum(output_lens) / seconds, "seconds": seconds}
 
 
@@ -62,8 +61,6 @@ def bench_single_stream(model_dir, backend, enforce_eager: bool, tokens: int = 5
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
     llm.generate([[1] * 32], SamplingParams(max_tokens=8), use_tqdm=False)
     seconds = timed(lambda: llm.generate([[1] * 32], params, use_tqdm=False))
-    del llm
-    torch.cuda.empty_cache()
     graphs = "eager" if enforce_eager else "CUDA graphs"
     return {"engine": f"nanovllm/{backend} single stream ({graphs})", "tok_per_s": tokens / seconds, "seconds": seconds}
 
@@ -90,8 +87,6 @@ def bench_transformers(config_path, prompts, output_lens, batch_size: int) -> di
 
     with torch.inference_mode():
         seconds = timed(run)
-    del model
-    torch.cuda.empty_cache()
     return {"engine": f"transformers (batches of {batch_size})", "tok_per_s": generated / seconds, "seconds": seconds}
 
 
@@ -140,11 +135,16 @@ def main() -> None:
     backends = args.backends or [b for b in ("torch", "triton", "flash-attn") if _usable(b)]
     prompts, output_lens = workload(args)
 
-    rows = [bench_throughput(model_dir, b, prompts, output_lens) for b in backends]
+    runs = [lambda b=b: bench_throughput(model_dir, b, prompts, output_lens) for b in backends]
     if not args.skip_hf:
-        rows.append(bench_transformers(args.config, prompts, output_lens, args.hf_batch_size))
+        runs.append(lambda: bench_transformers(args.config, prompts, output_lens, args.hf_batch_size))
     for backend in [b for b in backends if b != "torch"]:
-        rows += [bench_single_stream(model_dir, backend, False), bench_single_stream(model_dir, backend, True)]
+        runs += [lambda b=backend, eager=eager: bench_single_stream(model_dir, b, eager) for eager in (False, True)]
+    rows = []
+    for bench in runs:
+        rows.append(bench())
+        gc.collect()  # each engine takes most of the GPU; free it before the next one starts
+        torch.cuda.empty_cache()
     limits = ceilings(args.config)
     gpu = torch.cuda.get_device_name()
     print(f"\n{gpu}, {args.num_seqs} sequences, {sum(output_lens)} output tokens\n")

@@ -23,6 +23,7 @@ from nanovllm_api.serving_common import (
     ServingContext,
     cancel_on_disconnect,
     check_fields,
+    collect,
     event_stream,
     outputs_of,
     sampling_params,
@@ -56,26 +57,20 @@ def _logprobs(ctx: ServingContext, request: ChatCompletionRequest, sampled) -> C
 
 
 async def _complete(ctx: ServingContext, request: ChatCompletionRequest, generation: Generation) -> ChatCompletionResponse:
-    count = len(generation.sequences)
-    texts, sampled, finals = [""] * count, [[] for _ in range(count)], [None] * count
-    async for index, output in outputs_of(ctx, generation):
-        texts[index] += output.new_text
-        sampled[index].extend(output.new_logprobs)
-        if output.finished:
-            finals[index] = output
+    results = await collect(ctx, generation, [""] * len(generation.sequences))
     choices = [
         ChatChoice(
             index=i,
-            message=AssistantMessage(content=texts[i]),
-            logprobs=_logprobs(ctx, request, sampled[i]),
-            finish_reason=final.finish_reason,
-            stop_reason=final.stop_reason,
+            message=AssistantMessage(content=result.text),
+            logprobs=_logprobs(ctx, request, result.sampled),
+            finish_reason=result.final.finish_reason,
+            stop_reason=result.final.stop_reason,
         )
-        for i, final in enumerate(finals)
+        for i, result in enumerate(results)
     ]
     return ChatCompletionResponse(
         id=generation.request_id, created=generation.created, model=generation.model,
-        choices=choices, usage=usage(generation.prompts, finals),
+        choices=choices, usage=usage(generation.prompts, [r.final for r in results]),
     )
 
 

@@ -198,7 +198,28 @@ async def outputs_of(ctx: ServingContext, generation: Generation) -> AsyncIterat
         stream.close()
 
 
-def usage(prompts: list[list[int]], finals: list[RequestOutput]) -> Usage:
+@dataclass
+class Choice:
+    """Everything one sequence produced, gathered for a non-streamed response."""
+
+    text: str
+    sampled: list[SampledToken]
+    final: RequestOutput | None = None
+
+
+async def collect(ctx: ServingContext, generation: Generation, prefixes: list[str]) -> list[Choice]:
+    """Run the generation to the end; ``prefixes`` start each choice's text (echo)."""
+    choices = [Choice(prefix, []) for prefix in prefixes]
+    async for index, output in outputs_of(ctx, generation):
+        choice = choices[index]
+        choice.text += output.new_text
+        choice.sampled.extend(output.new_logprobs)
+        if output.finished:
+            choice.final = output
+    return choices
+
+
+def usage(prompts: list[list[int]], finals: list[RequestOutput | None]) -> Usage:
     prompt_tokens = sum(len(p) for p in prompts)
     completion_tokens = sum(len(f.output_token_ids) for f in finals)
     return Usage(

@@ -14,6 +14,7 @@ from nanovllm_api.serving_common import (
     ServingContext,
     cancel_on_disconnect,
     check_fields,
+    collect,
     event_stream,
     outputs_of,
     sampling_params,
@@ -73,26 +74,20 @@ def _logprobs(ctx: ServingContext, request: CompletionRequest, sampled: list[Sam
 
 
 async def _complete(ctx, request: CompletionRequest, generation: Generation, echoes: list[str]) -> CompletionResponse:
-    count = len(generation.sequences)
-    texts, sampled, finals = list(echoes), [[] for _ in range(count)], [None] * count
-    async for index, output in outputs_of(ctx, generation):
-        texts[index] += output.new_text
-        sampled[index].extend(output.new_logprobs)
-        if output.finished:
-            finals[index] = output
+    results = await collect(ctx, generation, echoes)
     choices = [
         CompletionChoice(
             index=i,
-            text=texts[i],
-            logprobs=_logprobs(ctx, request, sampled[i], len(echoes[i])),
-            finish_reason=final.finish_reason,
-            stop_reason=final.stop_reason,
+            text=result.text,
+            logprobs=_logprobs(ctx, request, result.sampled, len(echoes[i])),
+            finish_reason=result.final.finish_reason,
+            stop_reason=result.final.stop_reason,
         )
-        for i, final in enumerate(finals)
+        for i, result in enumerate(results)
     ]
     return CompletionResponse(
         id=generation.request_id, created=generation.created, model=generation.model,
-        choices=choices, usage=usage(generation.prompts, finals),
+        choices=choices, usage=usage(generation.prompts, [r.final for r in results]),
     )
 
 

@@ -2,7 +2,6 @@
 driven by the official openai client and by httpx."""
 
 import asyncio
-import json
 import time
 
 import httpx

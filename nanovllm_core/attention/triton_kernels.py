@@ -51,6 +51,29 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _attend_block(
+    q, running_max, running_sum, acc, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, positions, valid, visible,
+    scale, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, IEEE: tl.constexpr, dims, dim_mask,
+):
+    """One step of online softmax: read the keys and values at ``positions``
+    through the sequence's block table and fold them into (max, sum, acc)."""
+    blocks = tl.load(block_table_ptr + positions // BLOCK_SIZE, mask=valid, other=0)
+    slots = blocks.to(tl.int64) * BLOCK_SIZE + positions % BLOCK_SIZE
+    kv_offsets = (slots[:, None] * KV_HEADS + kv_head) * HEAD_DIM + dims[None, :]
+    kv_mask = valid[:, None] & dim_mask[None, :]
+    k = tl.load(k_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    scores = _dot(q, tl.trans(k), IEEE).to(tl.float32) * scale
+    scores = tl.where(visible, scores, float("-inf"))
+    new_max = tl.maximum(running_max, tl.max(scores, 1))
+    probs = tl.exp(scores - new_max[:, None])
+    correction = tl.exp(running_max - new_max)
+    running_sum = running_sum * correction + tl.sum(probs, 1)
+    acc = acc * correction[:, None] + _dot(probs.to(v.dtype), v, IEEE).to(tl.float32)
+    return new_max, running_sum, acc
+
+
+@triton.jit
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr,
     scale, stride_q, stride_out, stride_tables,
@@ -76,20 +99,10 @@ def _paged_decode_kernel(
     for start in range(0, context_len, BLOCK_N):
         positions = start + tl.arange(0, BLOCK_N)
         valid = positions < context_len
-        blocks = tl.load(block_tables_ptr + seq * stride_tables + positions // BLOCK_SIZE, mask=valid, other=0)
-        slots = blocks.to(tl.int64) * BLOCK_SIZE + positions % BLOCK_SIZE
-        kv_offsets = (slots[:, None] * KV_HEADS + kv_head) * HEAD_DIM + dims[None, :]
-        kv_mask = valid[:, None] & dim_mask[None, :]
-        k = tl.load(k_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
-        scores = _dot(q, tl.trans(k), IEEE).to(tl.float32) * scale
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(scores, 1))
-        probs = tl.exp(scores - new_max[:, None])
-        correction = tl.exp(running_max - new_max)
-        running_sum = running_sum * correction + tl.sum(probs, 1)
-        acc = acc * correction[:, None] + _dot(probs.to(v.dtype), v, IEEE).to(tl.float32)
-        running_max = new_max
+        running_max, running_sum, acc = _attend_block(
+            q, running_max, running_sum, acc, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_tables,
+            kv_head, positions, valid, valid[None, :], scale, KV_HEADS, HEAD_DIM, BLOCK_SIZE, IEEE, dims, dim_mask,
+        )
     out = acc / tl.maximum(running_sum, 1e-30)[:, None]  # padded rows have no keys
     out_offsets = seq * stride_out + (kv_head * GROUP + rows)[:, None] * HEAD_DIM + dims[None, :]
     tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
@@ -144,21 +157,11 @@ def _paged_prefill_kernel(
         for start in range(0, end, BLOCK_N):
             positions = start + tl.arange(0, BLOCK_N)
             valid = positions < end
-            blocks = tl.load(block_tables_ptr + seq * stride_tables + positions // BLOCK_SIZE, mask=valid, other=0)
-            slots = blocks.to(tl.int64) * BLOCK_SIZE + positions % BLOCK_SIZE
-            kv_offsets = (slots[:, None] * KV_HEADS + kv_head) * HEAD_DIM + dims[None, :]
-            kv_mask = valid[:, None] & dim_mask[None, :]
-            k = tl.load(k_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
-            v = tl.load(v_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
-            scores = _dot(q, tl.trans(k), IEEE).to(tl.float32) * scale
             visible = valid[None, :] & (positions[None, :] <= query_positions[:, None])
-            scores = tl.where(visible, scores, float("-inf"))
-            new_max = tl.maximum(running_max, tl.max(scores, 1))
-            probs = tl.exp(scores - new_max[:, None])
-            correction = tl.exp(running_max - new_max)
-            running_sum = running_sum * correction + tl.sum(probs, 1)
-            acc = acc * correction[:, None] + _dot(probs.to(v.dtype), v, IEEE).to(tl.float32)
-            running_max = new_max
+            running_max, running_sum, acc = _attend_block(
+                q, running_max, running_sum, acc, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_tables,
+                kv_head, positions, valid, visible, scale, KV_HEADS, HEAD_DIM, BLOCK_SIZE, IEEE, dims, dim_mask,
+            )
         out = acc / tl.maximum(running_sum, 1e-30)[:, None]
         out_offsets = (query_start + rows)[:, None] * stride_out + head * HEAD_DIM + dims[None, :]
         tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
