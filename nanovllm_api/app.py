@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
@@ -26,6 +27,9 @@ from nanovllm_api.protocol import (
 from nanovllm_api.serving_common import ServingContext
 from nanovllm_core import __version__
 from nanovllm_core.loader import resolve_model
+
+logger = logging.getLogger(__name__)
+ENGINE_FAILURE_EXIT_DELAY_S = 5
 
 
 class BodySizeLimit:
@@ -73,13 +77,23 @@ def build_app(config: ServerConfig) -> FastAPI:
         model_names=config.served_model_name or [source.name],
     )
 
+    async def finish_loading() -> None:
+        if await asyncio.to_thread(engine.wait_ready):
+            ctx.chat_template = resolve_chat_template(config.chat_template, engine.engine.tokenizer)
+
+    def on_engine_failure() -> None:
+        # /health answers 503 and in-flight requests get their errors for a moment, then the
+        # process exits non-zero so that a supervisor restarts it
+        logger.error("the engine has stopped; exiting in %s s", ENGINE_FAILURE_EXIT_DELAY_S)
+        asyncio.get_running_loop().call_later(ENGINE_FAILURE_EXIT_DELAY_S, app.state.request_exit)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.on_failure = on_engine_failure
         engine.start(asyncio.get_running_loop())
-        loaded = await asyncio.to_thread(engine.wait_ready)
-        if loaded:
-            ctx.chat_template = resolve_chat_template(config.chat_template, engine.engine.tokenizer)
+        loading = asyncio.create_task(finish_loading())  # serve /health (503) while the model loads
         yield
+        loading.cancel()
         engine.stop()
 
     app = FastAPI(
@@ -89,6 +103,7 @@ def build_app(config: ServerConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.state.request_exit = lambda: None  # run_server points this at the uvicorn server
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
     if config.cors_allowed_origins:

@@ -55,6 +55,7 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self.on_failure = lambda: None  # called on the event loop when the engine dies
 
     # lifecycle
 
@@ -71,15 +72,17 @@ class AsyncEngine:
         if self._thread is not None and self._thread.is_alive():
             self._commands.put(("stop",))
             self._thread.join(timeout=30)
+        if self.engine is not None:
+            self.engine.shutdown()
 
     def _run(self) -> None:
         try:
             self.engine = LLMEngine(self.config)
             self.state = EngineState.READY
             logger.info("engine ready")
-        except Exception:
+        except Exception as error:
             logger.exception("engine failed to load")
-            self.state = EngineState.DEAD
+            self._die(error)
             return
         finally:
             self._ready.set()
@@ -87,8 +90,12 @@ class AsyncEngine:
             self._loop_forever()
         except Exception as error:
             logger.exception("engine loop failed")
-            self.state = EngineState.DEAD
-            self._loop.call_soon_threadsafe(self._fail_all, error)
+            self._die(error)
+
+    def _die(self, error: BaseException) -> None:
+        self.state = EngineState.DEAD
+        self._loop.call_soon_threadsafe(self._fail_all, error)
+        self._loop.call_soon_threadsafe(self.on_failure)
 
     def _loop_forever(self) -> None:
         engine = self.engine
@@ -96,6 +103,7 @@ class AsyncEngine:
             if not self._apply_commands(block=not engine.has_unfinished_requests()):
                 self.state = EngineState.STOPPED
                 return
+            engine.check_health()
             if engine.has_unfinished_requests():
                 outputs = engine.step()
                 if outputs:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from typing import Any
 
 import uvicorn
 
 from nanovllm_api.app import build_app
+from nanovllm_api.async_engine import EngineState
+from nanovllm_core.engine.tensor_parallel import work_unless_rank_zero
 from nanovllm_api.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -23,11 +26,18 @@ def run_server(model: str | None = None, config: ServerConfig | None = None, **s
             settings["model"] = model
         config = ServerConfig(**settings)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    work_unless_rank_zero(config)
     if config.host == "0.0.0.0":
         logger.warning("listening on every interface (0.0.0.0); pass --host 127.0.0.1 to keep it local")
     app = build_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=30)
+    )
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
     _exit_cleanly_after_signals()
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=30)
+    server.run()
+    if app.state.ctx.engine.state is EngineState.DEAD:
+        sys.exit("nanovllm-api: the engine stopped; see the log above")
 
 
 def _exit_cleanly_after_signals() -> None:

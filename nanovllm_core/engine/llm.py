@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.llm_engine import LLMEngine
+from nanovllm_core.engine.tensor_parallel import work_unless_rank_zero
 from nanovllm_core.sampling_params import SamplingParams
 
 
@@ -20,8 +21,19 @@ class LLM:
         if model is not None:
             settings["model"] = model
         self.config = EngineConfig(**settings)
+        work_unless_rank_zero(self.config)
         self.engine = LLMEngine(self.config)
         self.tokenizer = self.engine.tokenizer
+
+    def shutdown(self) -> None:
+        """Stop tensor-parallel workers now (they also stop when the program exits)."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
 
     def generate(
         self,

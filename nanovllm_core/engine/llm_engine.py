@@ -136,6 +136,14 @@ class LLMEngine:
         self.scheduler.abort(request_id)
         return True
 
+    def check_health(self) -> None:
+        """Raise if part of the engine (a tensor-parallel worker) has died."""
+        self.runner.check_health()
+
+    def shutdown(self) -> None:
+        """Stop the worker processes, if any; the engine is unusable afterwards."""
+        self.runner.shutdown()
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
 

@@ -7,13 +7,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from nanovllm_core import plugins
 from nanovllm_core.attention import AttentionBackend, AttentionMetadata, forward_context
 from nanovllm_core.config import EngineConfig
+from nanovllm_core.distributed import get_tp_rank
 from nanovllm_core.engine.cuda_graphs import CudaGraphRunner
 from nanovllm_core.engine.scheduler import ScheduledBatch
+from nanovllm_core.engine.tensor_parallel import (
+    HEADER_SIZE,
+    STEP,
+    STOP,
+    WorkerGroup,
+    broadcast_header,
+    check_tensor_parallel_size,
+)
 from nanovllm_core.layers.attention import Attention
 from nanovllm_core.loader import ModelSource, load_model_weights
 from nanovllm_core.sampling import SamplingBatch
@@ -85,8 +95,15 @@ class ModelRunner:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.block_size = config.block_size
+        self.workers: WorkerGroup | None = None
+        if config.tensor_parallel_size > 1 and not dist.is_initialized():  # rank 0; other ranks come initialised
+            check_tensor_parallel_size(config.tensor_parallel_size, hf_config, self.device)
+            self.workers = WorkerGroup(config, self.device)
+        if config.tensor_parallel_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.model = self._build_model(source)
-        self.sampler = plugins.samplers().get(config.sampler)()
+        # only rank 0 samples; the other ranks never need (or load) the sampler
+        self.sampler = plugins.samplers().get(config.sampler)() if get_tp_rank() == 0 else None
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         layer = self.attention_layers[0]
         backend_cls = select_attention_backend(config.attention_backend, self.device)
@@ -168,6 +185,10 @@ class ModelRunner:
 
     def _allocate_kv_cache(self) -> int:
         num_blocks = self._kv_cache_budget() // self.kv_bytes_per_block()
+        if dist.is_initialized():  # every rank must agree on the block count
+            agreed = torch.tensor([num_blocks], device=self.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+            num_blocks = int(agreed.item())
         if num_blocks < 1:
             raise RuntimeError("the KV-cache memory budget is too small for a single block")
         self._set_kv_cache(num_blocks)
@@ -180,7 +201,7 @@ class ModelRunner:
         max_blocks = -(-max_model_len // self.block_size)
         return CudaGraphRunner(self.model, min(self.config.max_num_seqs, 512), max_blocks, self.device)
 
-    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+    def _prepare(self, batch: ScheduledBatch) -> StepInputs:
         input_ids: list[int] = []
         positions: list[int] = []
         token_rows: list[int] = []
@@ -214,28 +235,103 @@ class ModelRunner:
             query_lens_host=list(query_lens),
             context_lens_host=context_lens,
         )
-        input_ids_t = torch.tensor(input_ids, dtype=torch.int64).to(self.device, non_blocking=True)
-        return input_ids_t, positions_t.to(self.device, non_blocking=True), metadata, sample_indices
+        return StepInputs(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64).to(self.device, non_blocking=True),
+            positions=positions_t.to(self.device, non_blocking=True),
+            metadata=metadata,
+            sample_indices=torch.tensor(sample_indices, dtype=torch.int64).to(self.device, non_blocking=True),
+        )
+
+    def _forward(self, inputs: StepInputs, num_seqs: int) -> torch.Tensor | None:
+        """Logits of the sampled rows (None if no row samples), the same on every rank."""
+        metadata = inputs.metadata
+        graphs = self.cuda_graphs
+        if graphs is not None and graphs.can_run(num_seqs, metadata.num_decode_tokens, metadata.block_tables.shape[1]):
+            hidden_states = graphs.run(inputs.input_ids, inputs.positions, metadata)
+        else:
+            with forward_context(metadata):
+                hidden_states = self.model(inputs.input_ids, inputs.positions)
+        if not inputs.sample_indices.numel():
+            return None
+        return self.model.compute_logits(hidden_states[inputs.sample_indices]).float()
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[SampledToken | None]:
         """Run one step; return a token for each sequence of the batch whose last
         token was computed, None for prompts still being prefilled in chunks."""
-        input_ids, positions, metadata, sample_indices = self._prepare(batch)
-        graphs = self.cuda_graphs
-        if graphs is not None and graphs.can_run(len(batch), batch.num_decodes, metadata.block_tables.shape[1]):
-            hidden_states = graphs.run(input_ids, positions, metadata)
-        else:
-            with forward_context(metadata):
-                hidden_states = self.model(input_ids, positions)
+        inputs = self._prepare(batch)
+        if self.workers is not None:
+            self.workers.check_alive()
+            inputs.broadcast(len(batch))
+        logits = self._forward(inputs, len(batch))
         finishes_prompt = [seq.num_computed_tokens + n == len(seq) for seq, n in zip(batch.seqs, batch.num_new_tokens)]
-        sampled_seqs = [seq for seq, done in zip(batch.seqs, finishes_prompt) if done]
-        if not sampled_seqs:
+        if logits is None:
             return [None] * len(batch)
-        logits = self.model.compute_logits(hidden_states[sample_indices]).float()
+        sampled_seqs = [seq for seq, done in zip(batch.seqs, finishes_prompt) if done]
         sampling = SamplingBatch.from_sequences(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids)
         tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
         return [next(tokens) if done else None for done in finishes_prompt]
+
+    @torch.inference_mode()
+    def worker_loop(self) -> None:
+        """Ranks 1..N-1: run each step rank 0 broadcasts, until it says stop."""
+        while True:
+            header = broadcast_header(torch.zeros(HEADER_SIZE, dtype=torch.int64, device=self.device))
+            if header[0].item() == STOP:
+                return
+            inputs = StepInputs.receive(header.tolist(), self.device)
+            self._forward(inputs, num_seqs=int(header[2].item()))
+
+    def check_health(self) -> None:
+        """Raise if a tensor-parallel worker has died."""
+        if self.workers is not None:
+            self.workers.check_alive()
+
+    def shutdown(self) -> None:
+        if self.workers is not None:
+            self.workers.shutdown()
+            self.workers = None
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    metadata: AttentionMetadata
+    sample_indices: torch.Tensor
+
+    def _tensors(self) -> list[torch.Tensor]:
+        m = self.metadata
+        return [self.input_ids, self.positions, m.slot_mapping, m.block_tables, m.context_lens, m.query_start_loc,
+                self.sample_indices]
+
+    def broadcast(self, num_seqs: int) -> None:
+        """Rank 0: send this step to the other ranks."""
+        m = self.metadata
+        header = [STEP, self.input_ids.numel(), num_seqs, m.block_tables.shape[1], m.num_decode_tokens,
+                  m.max_query_len, m.max_context_len, self.sample_indices.numel()]
+        broadcast_header(torch.tensor(header, dtype=torch.int64, device=self.input_ids.device))
+        for tensor in self._tensors():
+            dist.broadcast(tensor, src=0)
+
+    @classmethod
+    def receive(cls, header: list[int], device: torch.device) -> StepInputs:
+        _, tokens, seqs, width, decodes, max_query_len, max_context_len, samples = header
+
+        def empty(*shape, dtype=torch.int64):
+            return torch.empty(shape, dtype=dtype, device=device)
+
+        metadata = AttentionMetadata(
+            num_decode_tokens=decodes, slot_mapping=empty(tokens), block_tables=empty(seqs, width, dtype=torch.int32),
+            context_lens=empty(seqs, dtype=torch.int32), query_start_loc=empty(seqs + 1, dtype=torch.int32),
+            max_query_len=max_query_len, max_context_len=max_context_len, query_lens_host=[], context_lens_host=[],
+        )
+        inputs = cls(empty(tokens), empty(tokens), metadata, empty(samples))
+        for tensor in inputs._tensors():
+            dist.broadcast(tensor, src=0)
+        metadata.query_lens_host = metadata.query_start_loc.diff().tolist()
+        metadata.context_lens_host = metadata.context_lens.tolist()
+        return inputs
 
 
 @torch.no_grad()
