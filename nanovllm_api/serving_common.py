@@ -24,12 +24,12 @@ from nanovllm_api.errors import (
     RequestTimeout,
     TooManyRequests,
     Unavailable,
-    from_engine_error,
     sse_error,
 )
 from nanovllm_api.metrics import Metrics, RequestTimer
 from nanovllm_api.protocol import (
     IGNORED_FIELDS,
+    RequestModel,
     UNSUPPORTED_FIELDS,
     SamplingFields,
     TokenLogprob,
@@ -40,7 +40,6 @@ from nanovllm_api.protocol import (
 )
 from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
 from nanovllm_core.engine.model_runner import SampledToken
-from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -78,9 +77,9 @@ class ServingContext:
         return name
 
 
-def check_fields(request: SamplingFields | BaseModel) -> None:
+def check_fields(request: RequestModel) -> None:
     """Refuse fields that would otherwise be silently ignored."""
-    for name in getattr(request, "unknown_fields", list)():
+    for name in request.unknown_fields():
         value = request.model_extra[name]
         if name in UNSUPPORTED_FIELDS:
             if value is not None:
@@ -123,21 +122,14 @@ def sampling_params(
         logprobs=logprobs,
         skip_special_tokens=request.skip_special_tokens,
     )
-    try:
-        return [
-            SamplingParams(**base, seed=None if request.seed is None else request.seed + i) for i in range(request.n)
-        ]
-    except InvalidRequestError as error:
-        raise from_engine_error(error) from error
+    # an out-of-range value raises InvalidRequestError, which the app answers with a 400
+    return [SamplingParams(**base, seed=None if request.seed is None else request.seed + i) for i in range(request.n)]
 
 
 def validate_sequences(ctx: ServingContext, sequences: list[tuple[list[int], SamplingParams]]) -> None:
-    """Everything the engine would refuse, refused now with a 400."""
+    """Everything the engine would refuse, refused now (InvalidRequestError, answered with a 400)."""
     for prompt_ids, params in sequences:
-        try:
-            ctx.llm.validate(prompt_ids, params)
-        except InvalidRequestError as error:
-            raise from_engine_error(error) from error
+        ctx.llm.validate(prompt_ids, params)
 
 
 def start_sequences(

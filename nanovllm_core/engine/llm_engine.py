@@ -57,8 +57,8 @@ class LLMEngine:
         self.hf_config = self.source.load_config()
         self.tokenizer = None if config.skip_tokenizer_init else self.source.load_tokenizer(config.tokenizer)
         self.eos_token_ids = self._eos_token_ids()
-        self.max_model_len = min(config.max_model_len, self.hf_config.max_position_embeddings)
         self.runner = ModelRunner(config, self.source, self.hf_config, self.eos_token_ids)
+        self.max_model_len = self.runner.max_model_len  # the setting, capped to the model's context
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.requests: dict[str, RequestState] = {}

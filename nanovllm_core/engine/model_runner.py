@@ -95,6 +95,7 @@ class ModelRunner:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.block_size = config.block_size
+        self.max_model_len = min(config.max_model_len, hf_config.max_position_embeddings)
         self.workers: WorkerGroup | None = None
         if config.tensor_parallel_size > 1 and not dist.is_initialized():  # rank 0; other ranks come initialised
             check_tensor_parallel_size(config.tensor_parallel_size, hf_config, self.device)
@@ -197,16 +198,18 @@ class ModelRunner:
     def _capture_cuda_graphs(self) -> CudaGraphRunner | None:
         if self.device.type != "cuda" or self.config.enforce_eager or not self.backend.supports_cuda_graphs:
             return None
-        max_model_len = min(self.config.max_model_len, self.hf_config.max_position_embeddings)
-        max_blocks = -(-max_model_len // self.block_size)
+        max_blocks = -(-self.max_model_len // self.block_size)
         return CudaGraphRunner(self.model, min(self.config.max_num_seqs, 512), max_blocks, self.device)
 
-    def _prepare(self, batch: ScheduledBatch) -> StepInputs:
+    def _prepare(self, batch: ScheduledBatch) -> tuple[StepInputs, list[bool]]:
+        """The step's tensors, and for each sequence whether it samples a token this step
+        (its last token is computed) or is a prompt still being prefilled in chunks."""
         input_ids: list[int] = []
         positions: list[int] = []
         token_rows: list[int] = []
         context_lens: list[int] = []
         sample_indices: list[int] = []
+        samples: list[bool] = []
         for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start = seq.num_computed_tokens
             end = start + num_new
@@ -214,7 +217,8 @@ class ModelRunner:
             positions.extend(range(start, end))
             token_rows.extend([row] * num_new)
             context_lens.append(end)
-            if end == len(seq):
+            samples.append(end == len(seq))
+            if samples[-1]:
                 sample_indices.append(len(input_ids) - 1)
         width = max(len(seq.block_table) for seq in batch.seqs)
         block_tables = torch.tensor(
@@ -235,12 +239,13 @@ class ModelRunner:
             query_lens_host=list(query_lens),
             context_lens_host=context_lens,
         )
-        return StepInputs(
+        inputs = StepInputs(
             input_ids=torch.tensor(input_ids, dtype=torch.int64).to(self.device, non_blocking=True),
             positions=positions_t.to(self.device, non_blocking=True),
             metadata=metadata,
             sample_indices=torch.tensor(sample_indices, dtype=torch.int64).to(self.device, non_blocking=True),
         )
+        return inputs, samples
 
     def _forward(self, inputs: StepInputs, num_seqs: int) -> torch.Tensor | None:
         """Logits of the sampled rows (None if no row samples), the same on every rank."""
@@ -259,18 +264,17 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> list[SampledToken | None]:
         """Run one step; return a token for each sequence of the batch whose last
         token was computed, None for prompts still being prefilled in chunks."""
-        inputs = self._prepare(batch)
+        inputs, samples = self._prepare(batch)
         if self.workers is not None:
             self.workers.check_alive()
             inputs.broadcast(len(batch))
         logits = self._forward(inputs, len(batch))
-        finishes_prompt = [seq.num_computed_tokens + n == len(seq) for seq, n in zip(batch.seqs, batch.num_new_tokens)]
         if logits is None:
             return [None] * len(batch)
-        sampled_seqs = [seq for seq, done in zip(batch.seqs, finishes_prompt) if done]
+        sampled_seqs = [seq for seq, sample in zip(batch.seqs, samples) if sample]
         sampling = SamplingBatch.from_sequences(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids)
         tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
-        return [next(tokens) if done else None for done in finishes_prompt]
+        return [next(tokens) if sample else None for sample in samples]
 
     @torch.inference_mode()
     def worker_loop(self) -> None:

@@ -116,9 +116,13 @@ class Scheduler:
             seq.num_computed_tokens += num_new
 
     def free_finished(self) -> None:
-        for seq in [s for s in self.running if s.is_finished]:
-            self.running.remove(seq)
-            self.block_manager.free(seq)
+        still_running = []
+        for seq in self.running:
+            if seq.is_finished:
+                self.block_manager.free(seq)
+            else:
+                still_running.append(seq)
+        self.running = still_running
 
     def abort(self, request_id: str) -> Sequence | None:
         for queue in (self.waiting, self.running):
