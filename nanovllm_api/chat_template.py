@@ -48,7 +48,7 @@ class ChatRenderer:
                 tokenize=False,
                 **(extra or {}),
             )
-        except TemplateError as error:
+        except (TemplateError, ValueError, TypeError) as error:  # what a template or transformers raise for bad messages
             raise BadRequest(f"The chat template rejected the messages: {error}", param="messages") from error
 
     @staticmethod

@@ -10,7 +10,9 @@ from nanovllm_core.config import EngineConfig
 
 
 class ServerConfig(EngineConfig):
-    host: str = Field("0.0.0.0", description="Address to bind; 0.0.0.0 exposes the server on every interface.")
+    host: str = Field(
+        "127.0.0.1", description="Address to bind. The default keeps the server local; 0.0.0.0 exposes it on every interface."
+    )
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
     served_model_name: list[str] | None = Field(
         None, description="Names clients use in `model`; the first is reported. Default: the model's name."
@@ -25,6 +27,9 @@ class ServerConfig(EngineConfig):
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413.")
     request_timeout: float | None = Field(
         None, gt=0, description="Seconds a request may take before it is aborted; empty: no limit."
+    )
+    shutdown_timeout: float = Field(
+        30, ge=0, description="On SIGTERM, seconds in-flight requests get to finish before the server exits anyway."
     )
     cors_allowed_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS, e.g. '*'; empty: CORS off."

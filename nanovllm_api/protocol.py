@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 # fields of the OpenAI API that this server recognises but does not implement
 UNSUPPORTED_FIELDS = {
@@ -31,15 +31,45 @@ UNSUPPORTED_FIELDS = {
 }
 IGNORED_FIELDS = {"user", "store", "metadata", "service_tier"}  # accepted; they do not change the output
 
+# each stop string is checked against every new token's text on the engine's thread,
+# so their number bounds the work one request can add to every step of the batch
+MAX_STOP_STRINGS = 64
+
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # JSON's NaN and Infinity literals are accepted by Python's parser; refuse them here
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        """Lone surrogates (a JSON escape like \\ud800) are valid JSON but not text; tokenizers reject them."""
+        if _has_lone_surrogate(data):
+            raise ValueError("the request contains a string that is not valid Unicode (a lone surrogate)")
+        return data
 
     def unknown_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:  # iterative: the body may nest deeper than Python's recursion limit
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class StreamOptions(BaseModel):
@@ -58,7 +88,7 @@ class SamplingFields(RequestModel):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Probability | None = None
     n: Annotated[int, Field(ge=1, le=16)] = 1
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stop_token_ids: list[NonNegativeInt] | None = None
     include_stop_str_in_output: bool = False
     seed: int | None = None
@@ -115,7 +145,7 @@ class CompletionRequest(SamplingFields):
 class TokenizeRequest(RequestModel):
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 

@@ -27,11 +27,12 @@ def run_server(model: str | None = None, config: ServerConfig | None = None, **s
         config = ServerConfig(**settings)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work_unless_rank_zero(config)
-    if config.host == "0.0.0.0":
-        logger.warning("listening on every interface (0.0.0.0); pass --host 127.0.0.1 to keep it local")
+    if config.host in ("0.0.0.0", "::"):
+        logger.warning("listening on every interface (%s); anyone who can reach this machine can use it%s",
+                       config.host, "" if config.api_key else ", and no --api-key is set")
     app = build_app(config)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=30)
+        uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=config.shutdown_timeout)
     )
     app.state.request_exit = lambda: setattr(server, "should_exit", True)
     _exit_cleanly_after_signals()

@@ -1,4 +1,5 @@
-"""A real `nanovllm-api` server in a subprocess on a free loopback port."""
+"""A real `nanovllm-api` server in a subprocess on a free loopback port, and
+checks shared by the tests that talk to one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -19,10 +21,11 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict | None = None, log_path=None):
+    def __init__(self, *args: str, env: dict | None = None, log_path=None, entry: tuple[str, ...] = ("-m", "nanovllm_api")):
+        """``entry``: what python runs, the server's module by default or a wrapper script."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "nanovllm_api", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        command = [sys.executable, *entry, "--host", "127.0.0.1", "--port", str(self.port), *args]
         self.log = open(log_path, "w") if log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
@@ -48,3 +51,23 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise KeyError(name)
+
+
+def assert_openai_error(response, status, error_type, param=None, code=None, contains=""):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == error_type and contains in error["message"]
+    if param:
+        assert error["param"] == param
+    if code:
+        assert error["code"] == code

@@ -7,9 +7,8 @@ import time
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from server_process import ServerProcess
+from server_process import ServerProcess, assert_openai_error, metric
 
 MODEL = "SmolLM2-135M-Instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -31,15 +30,6 @@ def client(server):
 @pytest.fixture
 def aclient(server):
     return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
-
-
-def metric(server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise KeyError(name)
 
 
 # endpoints
@@ -296,17 +286,6 @@ def test_non_streaming_disconnect_aborts_too(server):
 
 def post(server, path, body=None, **kwargs):
     return httpx.post(f"{server.url}{path}", json=body, timeout=30, **kwargs)
-
-
-def assert_openai_error(response, status, error_type, param=None, code=None, contains=""):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == error_type and contains in error["message"]
-    if param:
-        assert error["param"] == param
-    if code:
-        assert error["code"] == code
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,158 @@
+"""Bad input against a real server: hand-written cases, then every endpoint
+fuzzed from the server's own OpenAPI schema with schemathesis. Whatever comes
+in, the answer is a 2xx or a 4xx in OpenAI's error shape, never a 5xx, never
+a traceback, and the server keeps serving others."""
+
+import json
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+
+from server_process import ServerProcess, assert_openai_error
+
+MAX_MODEL_LEN = 128  # keeps fuzzed generations short
+FUZZ_EXAMPLES_PER_OPERATION = 20
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("bad-input") / "server.log"
+    process = ServerProcess("--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "8", "--request-timeout", "30",
+                            log_path=log).wait_healthy()
+    yield process
+    assert process.stop() == 0
+    assert "Traceback" not in log.read_text()
+
+
+def post_raw(server, path: str, content: bytes, content_type: str | None = "application/json") -> httpx.Response:
+    headers = {"content-type": content_type} if content_type else {}
+    return httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=60)
+
+
+def assert_clean_error(response: httpx.Response, status: int, contains: str = "") -> None:
+    assert_openai_error(response, status, response.json()["error"]["type"], contains=contains)
+    assert "Traceback" not in response.text and "/site-packages/" not in response.text
+
+
+NEST_DEPTH = 100_000
+RAW_CASES = {
+    "invalid UTF-8": b'{"prompt": "\xff\xfe", "max_tokens": 2}',
+    "lone surrogate escape": b'{"prompt": "\\ud800 x", "max_tokens": 2}',
+    "lone surrogate in a chat message": b'{"messages": [{"role": "user", "content": "\\udfff"}]}',
+    "deeply nested prompt": b'{"prompt": ' + b"[" * NEST_DEPTH + b"]" * NEST_DEPTH + b"}",
+    "deeply nested extra field": b'{"prompt": "x", "metadata": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}",
+    "NaN temperature": b'{"prompt": "x", "temperature": NaN}',
+    "Infinity top_p": b'{"prompt": "x", "top_p": Infinity}',
+    "-Infinity penalty": b'{"prompt": "x", "presence_penalty": -Infinity}',
+    "NaN logit bias": b'{"prompt": "x", "logit_bias": {"5": NaN}}',
+    "a JSON array": b"[1, 2]",
+    "a JSON string": b'"prompt"',
+    "empty body": b"",
+    "truncated JSON": b'{"prompt": "x", ',
+}
+
+
+@pytest.mark.parametrize("body", RAW_CASES.values(), ids=RAW_CASES.keys())
+def test_malformed_bodies_are_400(server, body):
+    assert_clean_error(post_raw(server, "/v1/completions", body), 400)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type_is_400(server, content_type):
+    assert_clean_error(post_raw(server, "/v1/completions", b'{"prompt": "x"}', content_type), 400)
+
+
+FIELD_CASES = [
+    ({"prompt": "x", "stop": ["zz"] * 10_000}, "stop"),
+    ({"prompt": [-1]}, "prompt"),
+    ({"prompt": [10**30]}, "prompt"),
+    ({"prompt": [[1], [49152]]}, "prompt"),
+    ({"prompt": [1.5]}, "prompt"),
+    ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": 10**30}, None),
+    ({"prompt": "x", "n": 10**9}, "n"),
+    ({"prompt": "x", "temperature": 1e308}, "temperature"),
+    ({"prompt": "x", "logprobs": 10**9}, "logprobs"),
+    ({"prompt": "x", "min_tokens": 10**12, "max_tokens": 1}, "min_tokens"),
+    ({"prompt": "x", "stop_token_ids": [-5]}, "stop_token_ids"),
+    ({"prompt": "x", "logit_bias": {"99999999": 1}}, "logit_bias"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user"}], "n": 0}, "n"),
+    ({"messages": [{"content": "no role"}]}, "messages"),
+    ({"messages": "not a list"}, "messages"),
+]
+
+
+@pytest.mark.parametrize("body,param", FIELD_CASES, ids=[json.dumps(b)[:60] for b, _ in FIELD_CASES])
+def test_out_of_range_values_are_400_naming_the_field(server, body, param):
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    assert_clean_error(response, 400)
+    if param:
+        assert response.json()["error"]["param"] == param
+
+
+def test_one_token_prompt_and_the_exact_context_limit(server):
+    def complete(prompt, max_tokens):
+        return httpx.post(f"{server.url}/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens,
+                                                                  "ignore_eos": True, "temperature": 0}, timeout=120)
+
+    one = complete([1], 3)
+    assert one.status_code == 200 and one.json()["usage"] == {"prompt_tokens": 1, "completion_tokens": 3,
+                                                              "total_tokens": 4, "prompt_tokens_details": {"cached_tokens": 0}}
+    at_limit = complete([1] * (MAX_MODEL_LEN - 4), 4)
+    assert at_limit.status_code == 200 and at_limit.json()["usage"]["total_tokens"] == MAX_MODEL_LEN
+    assert_clean_error(complete([1] * (MAX_MODEL_LEN - 4), 5), 400, contains=f"maximum context length is {MAX_MODEL_LEN}")
+
+
+def test_empty_message_content_still_answers(server):
+    response = httpx.post(f"{server.url}/v1/chat/completions",
+                          json={"messages": [{"role": "user", "content": ""}], "max_tokens": 2}, timeout=60)
+    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_unknown_routes_and_methods_answer_in_openai_shape(server):
+    assert_openai_error(httpx.get(f"{server.url}/v1/nothing-here"), 404, "not_found_error")
+    assert_openai_error(httpx.get(f"{server.url}/v1/completions"), 405, "invalid_request_error")
+
+
+def test_server_still_serves_after_bad_input(server):
+    response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": HI, "max_tokens": 3}, timeout=60)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
+
+
+def operations(server):
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    return {f"{op.method.upper()} {op.path}": op for op in (result.ok() for result in schema.get_all_operations())}
+
+
+@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
+def test_fuzzing_every_endpoint_from_the_openapi_schema(server, mode):
+    ops = operations(server)
+    assert {"POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "POST /tokenize"} <= set(ops)
+    statuses: dict[str, set[int]] = {}
+    for name, op in ops.items():
+        @settings(max_examples=FUZZ_EXAMPLES_PER_OPERATION, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy(generation_mode=mode))
+        def fuzz(case):
+            response = case.call(base_url=server.url, timeout=60)
+            statuses.setdefault(name, set()).add(response.status_code)
+            assert response.status_code < 500, (case.body, response.text)
+            assert "Traceback" not in response.text
+            if response.status_code >= 400:
+                error = response.json()["error"]
+                assert set(error) == {"message", "type", "param", "code"}, response.text
+
+        try:
+            fuzz()
+        except Unsatisfiable:  # nothing to make invalid: an operation without parameters or body
+            assert mode is schemathesis.GenerationMode.NEGATIVE and not name.startswith("POST")
+    assert {name for name in statuses if name.startswith("POST")} == {name for name in ops if name.startswith("POST")}
+    if mode is schemathesis.GenerationMode.POSITIVE:  # valid requests got past validation, not only to 4xx
+        assert any(min(codes) < 300 for name, codes in statuses.items() if name.startswith("POST")), statuses
+    assert httpx.get(f"{server.url}/health").status_code == 200
