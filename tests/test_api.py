@@ -8,6 +8,8 @@ import httpx
 import openai
 import pytest
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from server_process import ServerProcess, assert_openai_error, metric
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -328,15 +330,6 @@ def test_unknown_model_is_404(server, client):
                         "not_found_error", param="model", code="model_not_found")
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="hi")
-
-
-def test_no_500_or_traceback_for_odd_input(server):
-    for body in ({"messages": FRANCE, "stop": ["x"] * 1000, "max_tokens": 8}, {"prompt": [10**9]}, {"prompt": []},
-                 {"prompt": [[]]}, {"messages": [{"role": "user", "content": ""}], "max_tokens": 1}):
-        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-        response = post(server, path, body)
-        assert response.status_code in (200, 400), response.text
-        assert "Traceback" not in response.text and "/work" not in response.text
 
 
 # auth and queue limits
