@@ -30,9 +30,6 @@ def run_server(model: str | None = None, config: ServerConfig | None = None, **s
     if config.host in ("0.0.0.0", "::"):
         logger.warning("listening on every interface (%s); anyone who can reach this machine can use it%s",
                        config.host, "" if config.api_key else ", and no --api-key is set")
-    # the engine thread needs the GIL back between kernels; with the default 5 ms switch
-    # interval, a busy event loop (a flood of requests) stretches every step many times over
-    sys.setswitchinterval(0.0005)
     app = build_app(config)
     server = uvicorn.Server(
         uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=config.shutdown_timeout)

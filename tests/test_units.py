@@ -1,11 +1,14 @@
 """Block manager, detokenizer, stop strings and configuration, on their own."""
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from nanovllm_core.engine.block_manager import BlockManager
 from nanovllm_core.engine.sequence import Sequence
+from nanovllm_core.layers.linear import linear, padded_rows
 from nanovllm_core.loader.source import ModelNotFoundError, resolve_model
 from nanovllm_core.sampling_params import SamplingParams
 
@@ -118,3 +121,15 @@ def test_missing_models_fail_clearly(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(ValueError, match=r"must be \.gguf"):
         resolve_model(str(tmp_path / "weights.bin"))
+
+
+def test_cpu_linear_pads_rows_to_few_sizes_and_computes_the_same():
+    sizes = {padded_rows(rows) for rows in range(1, 4097)}
+    assert len(sizes) <= 8 + 8 * 9  # exact up to 8, then eight per power of two
+    assert all(rows <= padded_rows(rows) <= rows * 1.125 for rows in range(1, 4097))
+    weight, bias = torch.randn(96, 64, dtype=torch.bfloat16), torch.randn(96, dtype=torch.bfloat16)
+    for rows in (1, 7, 9, 37, 130):
+        x = torch.randn(rows, 64, dtype=torch.bfloat16)
+        out = linear(x, weight, bias)
+        assert out.shape == (rows, 96)
+        torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-2, atol=1e-2)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanovllm_core.distributed import all_reduce, get_tp_rank, get_tp_size
+from nanovllm_core.layers.linear import linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -41,7 +42,7 @@ class ParallelLMHead(VocabParallelEmbedding):
         super().__init__(vocab_size, hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden_states, self.weight)
+        logits = linear(hidden_states, self.weight)
         if self.tp_size == 1:
             return logits
         shards = [torch.empty_like(logits) for _ in range(self.tp_size)]
