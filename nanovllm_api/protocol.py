@@ -20,7 +20,6 @@ UNSUPPORTED_FIELDS = {
     "parallel_tool_calls",
     "functions",
     "function_call",
-    "response_format",
     "audio",
     "modalities",
     "prediction",
@@ -78,6 +77,20 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None  # the output always follows the schema, strict or not
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class SamplingFields(RequestModel):
     """Sampling parameters shared by chat and completions (OpenAI's and vLLM's names)."""
 
@@ -101,6 +114,7 @@ class SamplingFields(RequestModel):
     skip_special_tokens: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
     user: str | None = None
 
 

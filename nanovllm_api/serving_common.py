@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import jsonschema
 from fastapi import Request
 from pydantic import BaseModel
 
@@ -30,6 +32,7 @@ from nanovllm_api.metrics import Metrics, RequestTimer
 from nanovllm_api.protocol import (
     IGNORED_FIELDS,
     RequestModel,
+    ResponseFormat,
     UNSUPPORTED_FIELDS,
     SamplingFields,
     TokenLogprob,
@@ -40,6 +43,7 @@ from nanovllm_api.protocol import (
 )
 from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
 from nanovllm_core.engine.model_runner import SampledToken
+from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -99,6 +103,23 @@ def logit_bias(request: SamplingFields, vocab_size: int) -> dict[int, float] | N
     return bias
 
 
+def guided_decoding(response_format: ResponseFormat | None) -> GuidedDecoding | None:
+    """The grammar a response_format asks for; a schema that is not one is a 400."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return GuidedDecoding("json_object")
+    if response_format.json_schema is None:
+        raise BadRequest("response_format of type 'json_schema' needs a 'json_schema' object", param="response_format")
+    schema = response_format.json_schema.json_schema
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise BadRequest(f"response_format.json_schema.schema is not a valid JSON schema: {error.message}",
+                         param="response_format") from error
+    return GuidedDecoding("json_schema", json.dumps(schema))
+
+
 def sampling_params(
     ctx: ServingContext, request: SamplingFields, max_tokens: int | None, logprobs: int | None
 ) -> list[SamplingParams]:
@@ -121,6 +142,7 @@ def sampling_params(
         ignore_eos=request.ignore_eos,
         logprobs=logprobs,
         skip_special_tokens=request.skip_special_tokens,
+        guided=guided_decoding(request.response_format),
     )
     # an out-of-range value raises InvalidRequestError, which the app answers with a 400
     return [SamplingParams(**base, seed=None if request.seed is None else request.seed + i) for i in range(request.n)]

@@ -21,3 +21,8 @@ def register_attention_backends(register):
 @hookimpl
 def register_chat_templates(register):
     register("chatml", CHATML_TEMPLATE)
+
+
+@hookimpl
+def register_grammar_backends(register):
+    register("xgrammar", "nanovllm_core.grammar.xgrammar_backend:XGrammarBackend")

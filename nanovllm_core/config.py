@@ -81,6 +81,9 @@ class EngineConfig(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1, description="Processes the model's weights are split across.")
     attention_backend: str = Field("auto", description="Attention backend by name; auto picks the fastest installed.")
     sampler: str = Field("default", description="Sampler by name, from an installed plugin.")
+    grammar_backend: str = Field(
+        "xgrammar", description="Structured-output (grammar) backend by name, from an installed plugin."
+    )
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of prompts that share a prefix.")
     enforce_eager: bool = Field(False, description="Never capture CUDA graphs.")
     seed: int = Field(0, description="Seed for requests that do not set their own.")

@@ -75,3 +75,16 @@ def register_samplers(register):
     ``nanovllm_core.sampling.SamplingBatch`` of per-row tensors. It must be
     vectorised over the batch.
     """
+
+
+@hookspec
+def register_grammar_backends(register):
+    """Register structured-output backends, keyed by the name passed as the
+    ``grammar_backend`` setting.
+
+    The target is a ``nanovllm_core.grammar.GrammarBackend`` subclass, built
+    as ``cls(tokenizer, vocab_size)`` on the first constrained request. It
+    compiles a request's ``GuidedDecoding`` (a JSON schema, any JSON object, an
+    EBNF grammar or a regex) and makes one ``GrammarMatcher`` per sequence; the
+    runner asks the matchers for token masks before each sampling step.
+    """

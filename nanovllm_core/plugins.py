@@ -30,6 +30,7 @@ REGISTRY_KINDS = {
     "register_attention_backends": "attention backend",
     "register_chat_templates": "chat template",
     "register_samplers": "sampler",
+    "register_grammar_backends": "grammar backend",
 }
 
 
@@ -97,3 +98,7 @@ def chat_templates() -> Registry:
 
 def samplers() -> Registry:
     return get_registry("register_samplers")
+
+
+def grammar_backends() -> Registry:
+    return get_registry("register_grammar_backends")

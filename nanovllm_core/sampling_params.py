@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from nanovllm_core.errors import InvalidRequestError
+from nanovllm_core.grammar.backend import GuidedDecoding
 
 
 @dataclass
@@ -27,6 +28,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: also the top k
     skip_special_tokens: bool = True
+    guided: GuidedDecoding | None = None  # constrain the output to a grammar
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -300,7 +300,9 @@ def post(server, path, body=None, **kwargs):
         ({"messages": FRANCE, "top_logprobs": 2}, "top_logprobs"),
         ({"messages": FRANCE, "logit_bias": {"abc": 1}}, "logit_bias"),
         ({"messages": FRANCE, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"messages": FRANCE, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": FRANCE, "response_format": {"type": "json_schema",
+                                                   "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, "response_format"),
+        ({"messages": FRANCE, "response_format": {"type": "yaml"}}, "response_format"),
         ({"messages": FRANCE, "surprise": True}, "surprise"),
     ],
 )

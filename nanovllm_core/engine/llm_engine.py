@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from transformers import GenerationConfig
 
+from nanovllm_core import plugins
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from nanovllm_core.engine.block_manager import BlockManager
@@ -15,12 +18,14 @@ from nanovllm_core.engine.model_runner import ModelRunner, SampledToken
 from nanovllm_core.engine.scheduler import Scheduler
 from nanovllm_core.engine.sequence import Sequence
 from nanovllm_core.errors import ContextLengthError, InvalidRequestError
+from nanovllm_core.grammar import GrammarBackend, GuidedDecoding
 from nanovllm_core.loader import resolve_model
 from nanovllm_core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
 SEED_MASK = (1 << 63) - 1
+GRAMMAR_CACHE_SIZE = 128  # compiled constraints kept, for clients that repeat a schema
 
 
 @dataclass
@@ -63,6 +68,8 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.requests: dict[str, RequestState] = {}
         self._seeds = random.Random(config.seed)
+        self._grammar_backend: GrammarBackend | None = None  # built on the first constrained request
+        self._compile_grammar: Callable[[GuidedDecoding], object] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -80,6 +87,16 @@ class LLMEngine:
                 ids.update(candidate)
         return ids
 
+    def compile_grammar(self, guided: GuidedDecoding) -> object:
+        """Compile (or fetch from the cache) a constraint; InvalidRequestError if it is bad."""
+        if self._compile_grammar is None:
+            if self.tokenizer is None:
+                raise InvalidRequestError("structured outputs need the tokenizer (skip_tokenizer_init is set)")
+            backend = plugins.grammar_backends().get(self.config.grammar_backend)(self.tokenizer, self.vocab_size)
+            self._grammar_backend = backend
+            self._compile_grammar = functools.lru_cache(maxsize=GRAMMAR_CACHE_SIZE)(backend.compile)
+        return self._compile_grammar(guided)
+
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         if not isinstance(prompt, str):
             return list(prompt)
@@ -90,6 +107,8 @@ class LLMEngine:
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
         """Check that the request can run; return its max_tokens. Raises ValueError."""
         params.validate()
+        if params.guided is not None:
+            self.compile_grammar(params.guided)
         num_prompt = len(prompt_token_ids)
         if num_prompt == 0:
             raise InvalidRequestError("the prompt is empty", param="prompt")
@@ -120,6 +139,8 @@ class LLMEngine:
             params = replace(params, max_tokens=max_tokens)
         seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
         seq = Sequence(request_id, prompt_token_ids, params, seed & SEED_MASK)
+        if params.guided is not None:
+            seq.grammar = self._grammar_backend.matcher(self.compile_grammar(params.guided))
         detokenizer = (
             IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
             if self.tokenizer is not None else None
@@ -165,6 +186,8 @@ class LLMEngine:
         token = sampled.token_id
         seq.append_token(token)
         params = seq.params
+        if seq.grammar is not None:
+            seq.grammar.accept(token)  # the mask allowed only tokens it accepts
         ends_on_token = token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos)
         detokenizer = state.detokenizer
         delta = "" if ends_on_token or detokenizer is None else detokenizer.add([token])
@@ -172,6 +195,8 @@ class LLMEngine:
             seq.finish("stop", token if token in params.stop_token_ids else None)
         elif seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
             seq.finish("length")
+        elif seq.grammar is not None and seq.grammar.is_terminated():
+            seq.finish("stop")
         if seq.is_finished and detokenizer is not None:
             delta += detokenizer.flush()
         emitted, stop_string = state.stops.add(delta)

@@ -13,6 +13,7 @@ from torch import nn
 from nanovllm_core import plugins
 from nanovllm_core.attention import AttentionBackend, AttentionMetadata, forward_context
 from nanovllm_core.config import EngineConfig
+from nanovllm_core.grammar import apply_grammar_masks
 from nanovllm_core.distributed import get_tp_rank
 from nanovllm_core.engine.cuda_graphs import CudaGraphRunner
 from nanovllm_core.engine.scheduler import ScheduledBatch
@@ -272,6 +273,9 @@ class ModelRunner:
         if logits is None:
             return [None] * len(batch)
         sampled_seqs = [seq for seq, sample in zip(batch.seqs, samples) if sample]
+        constrained = [(row, seq.grammar) for row, seq in enumerate(sampled_seqs) if seq.grammar is not None]
+        if constrained:
+            apply_grammar_masks(logits, constrained)
         sampling = SamplingBatch.from_sequences(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids)
         tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
         return [next(tokens) if sample else None for sample in samples]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from enum import Enum, auto
 
+from nanovllm_core.grammar import GrammarMatcher
 from nanovllm_core.sampling_params import SamplingParams
 
 
@@ -29,6 +30,7 @@ class Sequence:
         self.stop_reason: str | int | None = None
         self.arrival_time = time.monotonic()
         self.num_preemptions = 0
+        self.grammar: GrammarMatcher | None = None  # set for structured outputs
 
     def __len__(self) -> int:
         return len(self.token_ids)
