@@ -1,0 +1,114 @@
+"""Structured outputs through a real server: response_format constrains
+decoding so that even SmolLM2-135M answers in valid form."""
+
+import asyncio
+import json
+
+import jsonschema
+import openai
+import pytest
+
+from server_process import ServerProcess
+
+MODEL = "SmolLM2-135M-Instruct"
+
+SCHEMAS = {
+    "nested_object": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "country": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                                         "code": {"type": "string", "maxLength": 3}},
+                        "required": ["name", "code"], "additionalProperties": False},
+        },
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    },
+    "array_of_enums": {
+        "type": "object",
+        "properties": {"colors": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
+                                  "minItems": 1, "maxItems": 3}},
+        "required": ["colors"],
+        "additionalProperties": False,
+    },
+    "numbers_and_booleans": {
+        "type": "object",
+        "properties": {"population": {"type": "integer", "minimum": 0, "maximum": 99999999},
+                       "capital": {"type": "boolean"}, "rating": {"enum": [1, 2, 3]}},
+        "required": ["population", "capital", "rating"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("structured") / "server.log"
+    process = ServerProcess("--dtype", "float32", "--max-num-seqs", "16", log_path=log).wait_healthy()
+    yield process
+    assert process.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+
+
+def ask(name: str) -> list[dict]:
+    return [{"role": "user", "content": f"Describe Paris as JSON ({name.replace('_', ' ')})."}]
+
+
+def schema_format(name: str) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": SCHEMAS[name], "strict": True}}
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_output_validates(client, name, stream):
+    kwargs = dict(model=MODEL, messages=ask(name), response_format=schema_format(name), max_tokens=120, temperature=0)
+    if stream:
+        chunks = list(client.chat.completions.create(**kwargs, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        text, finish = choice.message.content, [choice.finish_reason]
+    assert finish == ["stop"], text  # the grammar ended the answer, not max_tokens
+    jsonschema.validate(json.loads(text), SCHEMAS[name])
+
+
+def test_sampled_output_validates_too(client):
+    name = "nested_object"
+    for seed in range(3):
+        text = client.chat.completions.create(model=MODEL, messages=ask(name), response_format=schema_format(name),
+                                              max_tokens=120, temperature=1.0, seed=seed).choices[0].message.content
+        jsonschema.validate(json.loads(text), SCHEMAS[name])
+
+
+def test_json_object_gives_a_json_object(client):
+    ask_for = 'Answer with a JSON object like {"animal": "cat", "legs": 4} for a dog.'
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": ask_for}],
+                                          response_format={"type": "json_object"}, max_tokens=300, temperature=0)
+    completion = client.completions.create(model=MODEL, prompt=ask_for + "\n", max_tokens=300, temperature=0,
+                                           extra_body={"response_format": {"type": "json_object"}})
+    for choice, text in ((chat.choices[0], chat.choices[0].message.content), (completion.choices[0], completion.choices[0].text)):
+        assert choice.finish_reason == "stop", text
+        assert isinstance(json.loads(text), dict), text
+
+
+def test_constrained_and_free_requests_share_a_batch(server):
+    free = [{"messages": [{"role": "user", "content": f"Write one sentence about the number {i}."}], "max_tokens": 24}
+            for i in range(4)]
+    constrained = [{"messages": ask(name), "max_tokens": 120, "response_format": schema_format(name)} for name in SCHEMAS]
+
+    async def answers(requests):
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        responses = await asyncio.gather(*(client.chat.completions.create(model=MODEL, temperature=0, **r)
+                                           for r in requests))
+        return [r.choices[0].message.content for r in responses]
+
+    alone = [asyncio.run(answers([request]))[0] for request in free]
+    mixed = asyncio.run(answers(free + constrained))
+    assert mixed[: len(free)] == alone  # the masks touched only the constrained rows
+    for name, text in zip(SCHEMAS, mixed[len(free):]):
+        jsonschema.validate(json.loads(text), SCHEMAS[name])
