@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_plugins() -> str:
     lines = []
-    for registry in (plugins.model_architectures(), plugins.attention_backends(), plugins.chat_templates(), plugins.samplers()):
+    registries = (plugins.model_architectures(), plugins.attention_backends(), plugins.chat_templates(),
+                  plugins.samplers(), plugins.grammar_backends())
+    for registry in registries:
         lines.append(f"{registry.kind}s:")
         lines.extend(f"  {entry.name:<24} {entry.provider}" for entry in registry.entries())
     return "\n".join(lines)

@@ -40,6 +40,7 @@ def test_list_plugins_names_each_provider():
     assert "Qwen3ForCausalLM" in out and "nanovllm-qwen3" in out
     assert "torch" in out and "nanovllm (built-in)" in out
     assert "default" in out and "nanovllm-sampling" in out
+    assert "grammar backends:\n  xgrammar" in out
 
 
 def test_bad_settings_exit_with_a_message():
