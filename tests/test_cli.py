@@ -23,7 +23,7 @@ def test_cli_beats_env_beats_file_beats_defaults(tmp_path, monkeypatch):
     assert config.max_model_len == 2048  # CLI beats file
     assert config.served_model_name == ["smol", "tiny"]
     assert config.enable_prefix_caching is False
-    assert config.host == "0.0.0.0" and config.tensor_parallel_size == 1  # defaults
+    assert config.host == "127.0.0.1" and config.tensor_parallel_size == 1  # defaults
 
 
 def test_help_explains_every_flag():
