@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,6 +53,19 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def serve(tmp_path_factory, name: str, *args: str, **kwargs) -> Iterator[ServerProcess]:
+    """The body of a module fixture: a healthy server logging to ``<tmp>/<name>/server.log``,
+    which must exit 0 when the module is done with it."""
+    log = tmp_path_factory.mktemp(name) / "server.log"
+    process = ServerProcess(*args, log_path=log, **kwargs).wait_healthy()
+    yield process
+    assert process.stop() == 0
+
+
+def log_text(server: ServerProcess) -> str:
+    return Path(server.log.name).read_text()
 
 
 def metric(server: ServerProcess, name: str) -> float:

@@ -10,7 +10,7 @@ import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from server_process import ServerProcess, assert_openai_error, metric
+from server_process import assert_openai_error, metric, serve
 
 MODEL = "SmolLM2-135M-Instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -18,10 +18,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    process = ServerProcess("--dtype", "float32", "--max-num-seqs", "32", log_path=log).wait_healthy()
-    yield process
-    assert process.stop() == 0
+    yield from serve(tmp_path_factory, "server", "--dtype", "float32", "--max-num-seqs", "32")
 
 
 @pytest.fixture(scope="module")
@@ -339,12 +336,9 @@ def test_unknown_model_is_404(server, client):
 
 @pytest.fixture(scope="module")
 def guarded_server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("guarded") / "server.log"
-    process = ServerProcess("--dtype", "float32", "--max-num-seqs", "1", "--max-queued-requests", "0",
-                            "--cors-allowed-origins", "https://app.example.com", "--chat-template", "chatml",
-                            env={"NANOVLLM_API_KEY": "sk-test"}, log_path=log).wait_healthy()
-    yield process
-    process.stop()
+    yield from serve(tmp_path_factory, "guarded", "--dtype", "float32", "--max-num-seqs", "1",
+                     "--max-queued-requests", "0", "--cors-allowed-origins", "https://app.example.com",
+                     "--chat-template", "chatml", env={"NANOVLLM_API_KEY": "sk-test"})
 
 
 def test_api_key_is_required_on_v1_but_not_health(guarded_server):

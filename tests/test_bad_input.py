@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from server_process import ServerProcess, assert_openai_error
+from server_process import assert_openai_error, log_text, serve
 
 MAX_MODEL_LEN = 128  # keeps fuzzed generations short
 FUZZ_EXAMPLES_PER_OPERATION = 20
@@ -20,12 +20,12 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("bad-input") / "server.log"
-    process = ServerProcess("--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "8", "--request-timeout", "30",
-                            log_path=log).wait_healthy()
+    servers = serve(tmp_path_factory, "bad-input", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "8",
+                    "--request-timeout", "30")
+    process = next(servers)
     yield process
-    assert process.stop() == 0
-    assert "Traceback" not in log.read_text()
+    next(servers, None)  # stops it, asserting a clean exit
+    assert "Traceback" not in log_text(process)
 
 
 def post_raw(server, path: str, content: bytes, content_type: str | None = "application/json") -> httpx.Response:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from faulty_server import INJECTED_MESSAGE
-from server_process import ServerProcess, assert_openai_error, metric
+from server_process import ServerProcess, assert_openai_error, metric, serve
 
 SOAK_SECONDS = float(os.environ.get("NANOVLLM_SOAK_SECONDS", "60"))
 SOAK_CLIENTS = 64
@@ -54,11 +54,8 @@ def wait_until_idle(server: ServerProcess, timeout: float = 15) -> None:
 
 @pytest.fixture(scope="module")
 def soak_server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("soak") / "server.log"
-    process = ServerProcess("--max-num-seqs", str(SOAK_CLIENTS), "--max-model-len", "1024", "--log-level", "warning",
-                            log_path=log).wait_healthy()
-    yield process
-    assert process.stop() == 0
+    yield from serve(tmp_path_factory, "soak", "--max-num-seqs", str(SOAK_CLIENTS), "--max-model-len", "1024",
+                     "--log-level", "warning")
 
 
 async def soak_client(http: httpx.AsyncClient, url: str, seed: int, deadline: float, results: list, token_times: list):
@@ -80,10 +77,7 @@ async def soak_client(http: httpx.AsyncClient, url: str, seed: int, deadline: fl
         async with http.stream("POST", url + path, json=body) as response:
             record["status"] = response.status_code
             if response.status_code == 200:
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    payload = line[len("data: "):]
+                async for payload in sse_events_async(response):
                     if payload == "[DONE]":
                         record["done"] = True
                         break
@@ -154,12 +148,9 @@ FLOAT32_BYTES_PER_TOKEN = 2 * 30 * 3 * 64 * 4  # K and V, SmolLM2's 30 layers of
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("small") / "server.log"
     kv_gb = (KV_TOKENS + 8) * FLOAT32_BYTES_PER_TOKEN / 1024**3
-    process = ServerProcess("--dtype", "float32", "--max-num-seqs", "4", "--max-queued-requests", "4",
-                            "--max-model-len", "1024", "--kv-cache-memory-gb", f"{kv_gb:.6f}", log_path=log).wait_healthy()
-    yield process
-    assert process.stop() == 0
+    yield from serve(tmp_path_factory, "small", "--dtype", "float32", "--max-num-seqs", "4", "--max-queued-requests", "4",
+                     "--max-model-len", "1024", "--kv-cache-memory-gb", f"{kv_gb:.6f}")
 
 
 def prompt_of(index: int, words: int) -> str:

@@ -8,7 +8,7 @@ import jsonschema
 import openai
 import pytest
 
-from server_process import ServerProcess
+from server_process import serve
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -43,10 +43,7 @@ SCHEMAS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("structured") / "server.log"
-    process = ServerProcess("--dtype", "float32", "--max-num-seqs", "16", log_path=log).wait_healthy()
-    yield process
-    assert process.stop() == 0
+    yield from serve(tmp_path_factory, "structured", "--dtype", "float32", "--max-num-seqs", "16")
 
 
 @pytest.fixture(scope="module")
