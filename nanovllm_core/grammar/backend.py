@@ -62,13 +62,9 @@ class GrammarBackend(ABC):
 
 
 def apply_grammar_masks(logits: torch.Tensor, matchers: list[tuple[int, GrammarMatcher]]) -> None:
-    """Mask ``logits`` rows to what each (row, matcher) allows."""
-    by_backend: dict[int, list[tuple[int, GrammarMatcher]]] = {}
+    """Mask ``logits`` rows to what each (row, matcher) allows; an engine has one backend."""
+    backend = matchers[0][1].backend
+    mask = backend.allocate_mask(logits.shape[0])
     for row, matcher in matchers:
-        by_backend.setdefault(id(matcher.backend), []).append((row, matcher))
-    for group in by_backend.values():
-        backend = group[0][1].backend
-        mask = backend.allocate_mask(logits.shape[0])
-        for row, matcher in group:
-            matcher.fill_mask(mask, row)
-        backend.apply_mask(logits, mask.to(logits.device, non_blocking=True), [row for row, _ in group])
+        matcher.fill_mask(mask, row)
+    backend.apply_mask(logits, mask.to(logits.device, non_blocking=True), [row for row, _ in matchers])
