@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, dest=name, help=help_text, **_argument_options(field.annotation))
     parser.add_argument(
         "--list-plugins", action="store_true", default=False, help="List installed models, attention backends, "
-        "chat templates and samplers, with the distribution providing each, and exit."
+        "chat templates, samplers, grammar backends and tool-call parsers, with the distribution providing each, and exit."
     )
     return parser
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def format_plugins() -> str:
     lines = []
     registries = (plugins.model_architectures(), plugins.attention_backends(), plugins.chat_templates(),
-                  plugins.samplers(), plugins.grammar_backends())
+                  plugins.samplers(), plugins.grammar_backends(), plugins.tool_call_parsers())
     for registry in registries:
         lines.append(f"{registry.kind}s:")
         lines.extend(f"  {entry.name:<24} {entry.provider}" for entry in registry.entries())

@@ -20,6 +20,10 @@ class ServerConfig(EngineConfig):
     chat_template: str | None = Field(
         None, description="A registered template name or a Jinja file path; default: the model's own template."
     )
+    tool_call_parser: str | None = Field(
+        None, description="How the model writes tool calls: a registered parser (see --list-plugins); "
+        "default: hermes if the chat template renders tool calls, else smollm2."
+    )
     api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1/* (also NANOVLLM_API_KEY).")
     max_queued_requests: int = Field(
         256, ge=0, description="Sequences that may wait beyond max_num_seqs; more are refused with 429."

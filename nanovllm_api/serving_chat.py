@@ -33,6 +33,7 @@ from nanovllm_api.serving_common import (
     usage,
     validate_sequences,
 )
+from nanovllm_api.tool_use import StreamedToolCalls, ToolUse, finish_reason, message_tool_calls, tool_use
 
 
 async def create_chat_completion(request: ChatCompletionRequest, raw: Request, ctx: ServingContext):
@@ -40,55 +41,73 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
     check_fields(request)
     if request.top_logprobs is not None and not request.logprobs:
         raise BadRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
-    prompt = ctx.renderer.render(request.messages, request.add_generation_prompt, request.chat_template_kwargs)
+    tools = tool_use(request, ctx.tool_parser)
+    prompt = ctx.renderer.render(
+        request.messages, request.add_generation_prompt, request.chat_template_kwargs, tools.tools if tools else None
+    )
     prompt_ids = ctx.renderer.encode(prompt)
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
     max_tokens = request.max_completion_tokens or request.max_tokens
-    sequences = [(prompt_ids, p) for p in sampling_params(ctx, request, max_tokens, logprobs)]
+    params = sampling_params(ctx, request, max_tokens, logprobs, tools.guided() if tools else None)
+    sequences = [(prompt_ids, p) for p in params]
     validate_sequences(ctx, sequences)
     generation = start_generation(ctx, "chatcmpl", model, [prompt_ids], sequences)
     if request.stream:
-        return StreamingResponse(event_stream(_stream(ctx, request, generation)), media_type="text/event-stream")
-    return await cancel_on_disconnect(raw, _complete(ctx, request, generation))
+        return StreamingResponse(event_stream(_stream(ctx, request, tools, generation)), media_type="text/event-stream")
+    return await cancel_on_disconnect(raw, _complete(ctx, request, tools, generation))
 
 
 def _logprobs(ctx: ServingContext, request: ChatCompletionRequest, sampled) -> ChatLogprobs | None:
     return ChatLogprobs(content=token_logprobs(ctx.llm.tokenizer, sampled)) if request.logprobs else None
 
 
-async def _complete(ctx: ServingContext, request: ChatCompletionRequest, generation: Generation) -> ChatCompletionResponse:
+async def _complete(
+    ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation
+) -> ChatCompletionResponse:
     results = await collect(ctx, generation, [""] * len(generation.sequences))
-    choices = [
-        ChatChoice(
+    choices = []
+    for i, result in enumerate(results):
+        content, calls = tools.parser.parse(result.text) if tools else (result.text, [])
+        choices.append(ChatChoice(
             index=i,
-            message=AssistantMessage(content=result.text),
+            message=AssistantMessage(content=content, tool_calls=message_tool_calls(calls)),
             logprobs=_logprobs(ctx, request, result.sampled),
-            finish_reason=result.final.finish_reason,
+            finish_reason=finish_reason(result.final.finish_reason, bool(calls)),
             stop_reason=result.final.stop_reason,
-        )
-        for i, result in enumerate(results)
-    ]
+        ))
     return ChatCompletionResponse(
         id=generation.request_id, created=generation.created, model=generation.model,
         choices=choices, usage=usage(generation.prompts, [r.final for r in results]),
     )
 
 
-async def _stream(ctx: ServingContext, request: ChatCompletionRequest, generation: Generation) -> AsyncIterator[str]:
+async def _stream(
+    ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation
+) -> AsyncIterator[str]:
     def chunk(choices, usage=None) -> str:
         return sse(ChatCompletionChunk(
             id=generation.request_id, created=generation.created, model=generation.model, choices=choices, usage=usage
         ))
 
+    def delta(index: int, content: str, calls: list, logprobs=None) -> ChatChunkChoice | None:
+        if not (content or calls or logprobs):
+            return None
+        return ChatChunkChoice(index=index, delta=Delta(content=content or None, tool_calls=calls or None),
+                               logprobs=logprobs)
+
     for index in range(len(generation.sequences)):
         yield chunk([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
     finals = [None] * len(generation.sequences)
+    splitters = [StreamedToolCalls(tools) for _ in generation.sequences]
     async for index, output in outputs_of(ctx, generation):
-        logprobs = _logprobs(ctx, request, output.new_logprobs)
-        if output.new_text or logprobs:
-            yield chunk([ChatChunkChoice(index=index, delta=Delta(content=output.new_text), logprobs=logprobs)])
+        piece = delta(index, *splitters[index].feed(output.new_text), _logprobs(ctx, request, output.new_logprobs))
+        if piece:
+            yield chunk([piece])
         if output.finished:
             finals[index] = output
-            yield chunk([ChatChunkChoice(index=index, delta=Delta(), finish_reason=output.finish_reason)])
+            if piece := delta(index, *splitters[index].finish()):
+                yield chunk([piece])
+            reason = finish_reason(output.finish_reason, splitters[index].called)
+            yield chunk([ChatChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
     if request.stream_options and request.stream_options.include_usage:
         yield chunk([], usage=usage(generation.prompts, finals))

@@ -45,6 +45,7 @@ from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
 from nanovllm_core.engine.model_runner import SampledToken
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.sampling_params import SamplingParams
+from nanovllm_core.tool_calls import ToolCallParser
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
@@ -58,6 +59,7 @@ class ServingContext:
     metrics: Metrics
     model_names: list[str]
     chat_template: str | None = None  # resolved once the tokenizer is loaded
+    tool_parser: ToolCallParser | None = None  # likewise, as the default depends on the template
     _renderer: ChatRenderer | None = field(default=None, repr=False)
 
     @property
@@ -69,7 +71,7 @@ class ServingContext:
     @property
     def renderer(self) -> ChatRenderer:
         if self._renderer is None:
-            self._renderer = ChatRenderer(self.llm.tokenizer, self.chat_template)
+            self._renderer = ChatRenderer(self.llm.tokenizer, self.chat_template, self.tool_parser)
         return self._renderer
 
     def check_model(self, name: str | None) -> str:
@@ -121,7 +123,11 @@ def guided_decoding(response_format: ResponseFormat | None) -> GuidedDecoding | 
 
 
 def sampling_params(
-    ctx: ServingContext, request: SamplingFields, max_tokens: int | None, logprobs: int | None
+    ctx: ServingContext,
+    request: SamplingFields,
+    max_tokens: int | None,
+    logprobs: int | None,
+    guided: GuidedDecoding | None = None,
 ) -> list[SamplingParams]:
     """One SamplingParams per choice; with a seed, choice i uses seed + i so the n choices differ."""
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
@@ -142,7 +148,7 @@ def sampling_params(
         ignore_eos=request.ignore_eos,
         logprobs=logprobs,
         skip_special_tokens=request.skip_special_tokens,
-        guided=guided_decoding(request.response_format),
+        guided=guided or guided_decoding(request.response_format),
     )
     # an out-of-range value raises InvalidRequestError, which the app answers with a 400
     return [SamplingParams(**base, seed=None if request.seed is None else request.seed + i) for i in range(request.n)]

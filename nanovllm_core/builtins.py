@@ -26,3 +26,9 @@ def register_chat_templates(register):
 @hookimpl
 def register_grammar_backends(register):
     register("xgrammar", "nanovllm_core.grammar.xgrammar_backend:XGrammarBackend")
+
+
+@hookimpl
+def register_tool_call_parsers(register):
+    register("hermes", "nanovllm_core.tool_calls.hermes:HermesToolCallParser")
+    register("smollm2", "nanovllm_core.tool_calls.smollm2:SmolLM2ToolCallParser")

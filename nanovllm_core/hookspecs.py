@@ -85,6 +85,20 @@ def register_grammar_backends(register):
     The target is a ``nanovllm_core.grammar.GrammarBackend`` subclass, built
     as ``cls(tokenizer, vocab_size)`` on the first constrained request. It
     compiles a request's ``GuidedDecoding`` (a JSON schema, any JSON object, an
-    EBNF grammar or a regex) and makes one ``GrammarMatcher`` per sequence; the
+    EBNF grammar, a regex or a structural tag) and makes one ``GrammarMatcher`` per sequence; the
     runner asks the matchers for token masks before each sampling step.
+    """
+
+
+@hookspec
+def register_tool_call_parsers(register):
+    """Register tool-call parsers, keyed by the name passed as ``--tool-call-parser``.
+
+    The target is a ``nanovllm_core.tool_calls.ToolCallParser`` subclass, built
+    with no arguments. It knows how one model family writes tool calls: it
+    finds them in generated text (whole, and delta by delta for streaming),
+    writes the structural tag that constrains decoding to valid calls, and
+    carries tools and earlier calls into the prompt for chat templates that do
+    not render them. ``nanovllm_core.tool_calls.TaggedJsonToolCallParser``
+    already parses JSON calls inside tags.
     """

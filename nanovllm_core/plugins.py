@@ -31,6 +31,7 @@ REGISTRY_KINDS = {
     "register_chat_templates": "chat template",
     "register_samplers": "sampler",
     "register_grammar_backends": "grammar backend",
+    "register_tool_call_parsers": "tool-call parser",
 }
 
 
@@ -102,3 +103,7 @@ def samplers() -> Registry:
 
 def grammar_backends() -> Registry:
     return get_registry("register_grammar_backends")
+
+
+def tool_call_parsers() -> Registry:
+    return get_registry("register_tool_call_parsers")

@@ -40,6 +40,14 @@ def smollm2_llm(smollm2_path):
     return LLM(str(smollm2_path), dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def structured_server(tmp_path_factory):
+    """The server the structured-output and tool-calling tests share."""
+    from server_process import serve
+
+    yield from serve(tmp_path_factory, "structured", "--dtype", "float32", "--max-num-seqs", "16")
+
+
 def chat_prompt(tokenizer, message: str) -> str:
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=False

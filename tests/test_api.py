@@ -283,6 +283,9 @@ def test_non_streaming_disconnect_aborts_too(server):
 # errors
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+
+
 def post(server, path, body=None, **kwargs):
     return httpx.post(f"{server.url}{path}", json=body, timeout=30, **kwargs)
 
@@ -296,7 +299,18 @@ def post(server, path, body=None, **kwargs):
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
         ({"messages": FRANCE, "top_logprobs": 2}, "top_logprobs"),
         ({"messages": FRANCE, "logit_bias": {"abc": 1}}, "logit_bias"),
-        ({"messages": FRANCE, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"messages": FRANCE, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+         "tool_choice"),
+        ({"messages": FRANCE, "tool_choice": "required"}, "tool_choice"),
+        ({"messages": FRANCE, "tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"messages": FRANCE, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}]},
+         "tools"),
+        ({"messages": FRANCE, "tools": [TOOL, TOOL]}, "tools"),
+        ({"messages": FRANCE, "tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools"),
+        ({"messages": FRANCE, "tools": [TOOL], "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [*FRANCE, {"role": "assistant", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}, "messages"),
+        ({"messages": FRANCE, "functions": [TOOL["function"]]}, "functions"),
         ({"messages": FRANCE, "response_format": {"type": "json_schema",
                                                    "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, "response_format"),
         ({"messages": FRANCE, "response_format": {"type": "yaml"}}, "response_format"),

@@ -8,8 +8,6 @@ import jsonschema
 import openai
 import pytest
 
-from server_process import serve
-
 MODEL = "SmolLM2-135M-Instruct"
 
 SCHEMAS = {
@@ -42,8 +40,8 @@ SCHEMAS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "structured", "--dtype", "float32", "--max-num-seqs", "16")
+def server(structured_server):
+    return structured_server
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +95,17 @@ def test_constrained_and_free_requests_share_a_batch(server):
     free = [{"messages": [{"role": "user", "content": f"Write one sentence about the number {i}."}], "max_tokens": 24}
             for i in range(4)]
     constrained = [{"messages": ask(name), "max_tokens": 120, "response_format": schema_format(name)} for name in SCHEMAS]
+    constrained.append({"messages": ask("nested_object"), "max_tokens": 120, "tool_choice": "required",
+                        "tools": [{"type": "function", "function": {"name": "describe", "parameters": SCHEMAS["nested_object"]}}]})
 
     async def answers(requests):
         client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
         responses = await asyncio.gather(*(client.chat.completions.create(model=MODEL, temperature=0, **r)
                                            for r in requests))
-        return [r.choices[0].message.content for r in responses]
+        return [r.choices[0].message.content or r.choices[0].message.tool_calls[0].function.arguments for r in responses]
 
     alone = [asyncio.run(answers([request]))[0] for request in free]
     mixed = asyncio.run(answers(free + constrained))
     assert mixed[: len(free)] == alone  # the masks touched only the constrained rows
-    for name, text in zip(SCHEMAS, mixed[len(free):]):
+    for name, text in zip([*SCHEMAS, "nested_object"], mixed[len(free):]):
         jsonschema.validate(json.loads(text), SCHEMAS[name])

@@ -19,9 +19,11 @@ import torch
 @dataclass(frozen=True)
 class GuidedDecoding:
     """``spec`` is the JSON schema as JSON text (json_schema), an EBNF grammar
-    (ebnf) or a regular expression (regex); json_object needs none."""
+    (ebnf), a regular expression (regex) or a structural tag as JSON text
+    (structural_tag: xgrammar's format, which tool calling uses); json_object
+    needs none."""
 
-    kind: Literal["json_schema", "json_object", "ebnf", "regex"]
+    kind: Literal["json_schema", "json_object", "ebnf", "regex", "structural_tag"]
     spec: str = ""
 
 

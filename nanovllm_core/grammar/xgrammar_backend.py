@@ -44,11 +44,14 @@ class XGrammarBackend(GrammarBackend):
                 return self._compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
             if guided.kind == "json_schema":
                 return self._compiler.compile_json_schema(guided.spec, any_whitespace=False, strict_mode=True)
+            if guided.kind == "structural_tag":
+                return self._compiler.compile_structural_tag(guided.spec)
             if guided.kind == "regex":
                 return self._compiler.compile_regex(guided.spec)
             return self._compiler.compile_grammar(guided.spec)
         except (RuntimeError, ValueError, json.JSONDecodeError) as error:
-            raise InvalidRequestError(f"invalid {guided.kind.replace('_', ' ')}: {error}", param="response_format") from error
+            param = "tools" if guided.kind == "structural_tag" else "response_format"
+            raise InvalidRequestError(f"invalid {guided.kind.replace('_', ' ')}: {error}", param=param) from error
 
     def matcher(self, compiled: xgr.CompiledGrammar) -> XGrammarMatcher:
         return XGrammarMatcher(self, compiled)
