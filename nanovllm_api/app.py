@@ -26,7 +26,7 @@ from nanovllm_api.protocol import (
 )
 from nanovllm_api.serving_common import ServingContext
 from nanovllm_api.tool_use import resolve_parser
-from nanovllm_core import __version__, plugins
+from nanovllm_core import __version__
 from nanovllm_core.loader import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,6 @@ class BodySizeLimit:
 
 def build_app(config: ServerConfig) -> FastAPI:
     source = resolve_model(config.model)
-    parsers = plugins.tool_call_parsers()
-    if config.tool_call_parser is not None:
-        parsers.get(config.tool_call_parser)  # an unknown name fails now, not after the model loads
     engine = AsyncEngine(config, config.max_queued_requests)
     ctx = ServingContext(
         config=config,
@@ -84,7 +81,7 @@ def build_app(config: ServerConfig) -> FastAPI:
     async def finish_loading() -> None:
         if await asyncio.to_thread(engine.wait_ready):
             ctx.chat_template = resolve_chat_template(config.chat_template, engine.engine.tokenizer)
-            ctx.tool_parser = resolve_parser(config.tool_call_parser, ctx.chat_template, parsers)
+            ctx.tool_parser = resolve_parser(config.tool_call_parser, ctx.chat_template)
             logger.info("tool-call parser: %s", type(ctx.tool_parser).__name__)
 
     def on_engine_failure() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from nanovllm_core import plugins
 from nanovllm_core.config import EngineConfig
 
 
@@ -39,6 +40,14 @@ class ServerConfig(EngineConfig):
         default_factory=list, description="Origins allowed by CORS, e.g. '*'; empty: CORS off."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _installed_parser(cls, name: str | None) -> str | None:
+        parsers = plugins.tool_call_parsers()
+        if name is not None and name not in parsers:
+            raise ValueError(parsers.describe_missing(name))
+        return name
 
     @model_validator(mode="after")
     def _needs_a_tokenizer(self) -> "ServerConfig":

@@ -17,9 +17,8 @@ import jsonschema
 
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import ChatCompletionRequest, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta
-from nanovllm_core import tool_calls
+from nanovllm_core import plugins, tool_calls
 from nanovllm_core.grammar import GuidedDecoding
-from nanovllm_core.registry import Registry
 from nanovllm_core.tool_calls import Tool, ToolCallParser, ToolCallStream
 from nanovllm_core.tool_calls.parser import ToolChoice
 
@@ -30,8 +29,8 @@ def default_parser_name(chat_template: str) -> str:
     return "hermes" if "tool_calls" in chat_template else "smollm2"
 
 
-def resolve_parser(name: str | None, chat_template: str, registry: Registry) -> ToolCallParser:
-    return registry.get(name or default_parser_name(chat_template))()
+def resolve_parser(name: str | None, chat_template: str) -> ToolCallParser:
+    return plugins.tool_call_parsers().get(name or default_parser_name(chat_template))()
 
 
 @dataclass

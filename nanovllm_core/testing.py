@@ -5,11 +5,15 @@
   with random weights, saved as a real HF checkpoint (safetensors + tokenizer).
 - ``LogitsRecorder``: a greedy sampler that keeps every logits row it sees, keyed
   by the request's seed, for numerical parity tests against transformers.
+- ``check_tool_call_parser(parser, tools, calls, tokenizer)``: assert what the
+  server relies on from a tool-call parser.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +23,7 @@ import torch
 from nanovllm_core.hookspecs import hookimpl
 from nanovllm_core.plugins import get_plugin_manager
 from nanovllm_core.sampling import SamplerOutput, SamplingBatch
+from nanovllm_core.tool_calls import Tool, ToolCall, ToolCallParser
 
 
 @contextlib.contextmanager
@@ -58,3 +63,53 @@ class LogitsRecorderPlugin:
     @hookimpl
     def register_samplers(self, register):
         register("record-logits", LogitsRecorder)
+
+
+def check_tool_call_parser(
+    parser: ToolCallParser, tools: list[Tool], calls: list[ToolCall], tokenizer=None, trials: int = 100
+) -> None:
+    """Assert, for ``calls`` of ``tools``: calls written by ``format_calls`` after
+    some text parse back to that text and those calls; streamed in random
+    pieces, the deltas add up to the same (so no piece of a call leaks into the
+    content), each call opening with its name; and, given the model's
+    tokenizer, the ``required`` grammar admits the written calls and refuses
+    plain text."""
+    prose = "Let me look that up."
+    text = f"{prose}\n{parser.format_calls(calls)}"
+    content, parsed = parser.parse(text)
+    assert content == prose, f"content {content!r}, expected {prose!r}"
+    assert _decoded(parsed) == _decoded(calls), f"parsed {parsed}, expected {calls}"
+    rng = random.Random(0)
+    for _ in range(trials):
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 40))))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        assert _streamed(parser, pieces) == (prose, parsed), f"streamed in pieces {pieces}"
+    if tokenizer is not None:
+        from nanovllm_core.grammar import GuidedDecoding
+        from nanovllm_core.grammar.xgrammar_backend import XGrammarBackend
+
+        backend = XGrammarBackend(tokenizer, len(tokenizer))
+        required = GuidedDecoding("structural_tag", json.dumps(parser.structural_tag(tools, "required", True)))
+        compiled = backend.compile(required)
+        for written, admitted in ((parser.format_calls(calls), True), (prose, False)):
+            matcher = backend.matcher(compiled)
+            token_ids = tokenizer.encode(written, add_special_tokens=False) + [tokenizer.eos_token_id]
+            assert all(matcher.accept(t) for t in token_ids) == admitted, f"the required grammar and {written!r}"
+
+
+def _decoded(calls: list[ToolCall]) -> list[tuple[str, object]]:
+    return [(call.name, json.loads(call.arguments)) for call in calls]
+
+
+def _streamed(parser: ToolCallParser, pieces: list[str]) -> tuple[str, list[ToolCall]]:
+    stream = parser.stream()
+    content, calls = "", {}
+    for piece_content, deltas in [stream.feed(piece) for piece in pieces] + [stream.finish()]:
+        content += piece_content
+        for delta in deltas:
+            if delta.name is not None:
+                assert delta.index not in calls and delta.arguments == "", "a call opens with its name alone"
+                calls[delta.index] = ToolCall(delta.name, "")
+            else:
+                calls[delta.index].arguments += delta.arguments
+    return content.strip(), list(calls.values())

@@ -41,11 +41,15 @@ def test_list_plugins_names_each_provider():
     assert "torch" in out and "nanovllm (built-in)" in out
     assert "default" in out and "nanovllm-sampling" in out
     assert "grammar backends:\n  xgrammar" in out
+    assert "tool-call parsers:\n  hermes" in out and "  smollm2" in out
 
 
 def test_bad_settings_exit_with_a_message():
     result = subprocess.run([sys.executable, "-m", "nanovllm_api", "--max-num-seqs", "0"], capture_output=True, text=True)
     assert result.returncode != 0 and "max_num_seqs" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "nanovllm_api", "--tool-call-parser", "nope"], capture_output=True, text=True)
+    assert result.returncode != 0 and "Unknown tool-call parser 'nope'. Installed: hermes" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_nano_vllm_aliases():
