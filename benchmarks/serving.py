@@ -37,6 +37,14 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 async def one_request(client: httpx.AsyncClient, args, prompt: str) -> dict:
+    result = await _one_attempt(client, args, prompt)
+    if result.get("error") == "RemoteProtocolError":
+        # a keep-alive connection the server had closed (llama-server does this): retry once, on a fresh one
+        result = await _one_attempt(client, args, prompt)
+    return result
+
+
+async def _one_attempt(client: httpx.AsyncClient, args, prompt: str) -> dict:
     body = {"model": args.model, "max_tokens": args.output_len, "stream": True, "temperature": 0,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     if args.endpoint == "chat":
@@ -107,6 +115,7 @@ async def run(args) -> dict:
         "concurrency": args.concurrency,
         "requests": len(results),
         "errors": len(results) - len(ok),
+        "error_kinds": sorted({r["error"] for r in results if "error" in r}),
         "seconds": elapsed,
         "output_tok_per_s": sum(r["tokens"] for r in ok) / elapsed,
         "requests_per_s": len(ok) / elapsed,
