@@ -84,6 +84,10 @@ class EngineConfig(BaseSettings):
     grammar_backend: str = Field(
         "xgrammar", description="Structured-output (grammar) backend by name, from an installed plugin."
     )
+    quantization: Literal["none", "int8"] = Field(
+        "none", description="int8: weight-only int8 (per output channel) for the linear layers and LM head, CPU only; "
+        "single-sequence decoding reads half the bytes. The model's answers change slightly, as with any quantization."
+    )
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of prompts that share a prefix.")
     enforce_eager: bool = Field(False, description="Never capture CUDA graphs.")
     seed: int = Field(0, description="Seed for requests that do not set their own.")

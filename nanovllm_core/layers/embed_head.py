@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanovllm_core.distributed import all_reduce, get_tp_rank, get_tp_size
-from nanovllm_core.layers.linear import linear
+from nanovllm_core.layers.linear import Int8Weight, linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -40,9 +40,10 @@ class ParallelLMHead(VocabParallelEmbedding):
         if bias:
             raise NotImplementedError("LM head bias is not supported")
         super().__init__(vocab_size, hidden_size)
+        self.int8: Int8Weight | None = None  # set by quantize_model_int8_
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = linear(hidden_states, self.weight)
+        logits = linear(hidden_states, self.weight, int8=self.int8)
         if self.tp_size == 1:
             return logits
         shards = [torch.empty_like(logits) for _ in range(self.tp_size)]
