@@ -32,8 +32,10 @@ def workload(args) -> tuple[list[list[int]], list[int]]:
     return prompts, outputs
 
 
-def bench_nanovllm(model: str, dtype: str, prompts, output_lens, tensor_parallel_size: int = 1) -> dict:
-    llm = LLM(model, dtype=dtype, tensor_parallel_size=tensor_parallel_size)
+def bench_nanovllm(model: str, dtype: str, prompts, output_lens, tensor_parallel_size: int = 1,
+                   attention_backend: str = "auto") -> dict:
+    llm = LLM(model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, attention_backend=attention_backend)
+    backend = llm.engine.runner.backend.name
     llm.generate([prompts[0][:32]], SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
     params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True) for n in output_lens]
     start = time.perf_counter()
@@ -42,7 +44,7 @@ def bench_nanovllm(model: str, dtype: str, prompts, output_lens, tensor_parallel
     tokens = sum(len(r["token_ids"]) for r in results)
     assert tokens == sum(output_lens)
     llm.shutdown()
-    engine = "nanovllm" if tensor_parallel_size == 1 else f"nanovllm TP={tensor_parallel_size}"
+    engine = f"nanovllm {backend}" + ("" if tensor_parallel_size == 1 else f" TP={tensor_parallel_size}")
     return {"engine": engine, "dtype": dtype, "output_tokens": tokens, "seconds": elapsed, "tok_per_s": tokens / elapsed}
 
 
@@ -76,23 +78,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], help="nanovllm dtypes to run")
     parser.add_argument("--tensor-parallel-sizes", type=int, nargs="+", default=[1], help="nanovllm TP sizes to run")
+    parser.add_argument("--attention-backends", nargs="+", default=["auto"], help="nanovllm attention backends to run")
     parser.add_argument("--hf-dtypes", nargs="*", default=["float32", "bfloat16"], help="transformers dtypes to run (best is the peer)")
     args = parser.parse_args()
     model_path = Path(args.model) if args.model else default_model_path()
     prompts, output_lens = workload(args)
 
     rows = [
-        bench_nanovllm(str(model_path), dtype, prompts, output_lens, tp)
+        bench_nanovllm(str(model_path), dtype, prompts, output_lens, tp, backend)
         for dtype in args.dtypes
         for tp in args.tensor_parallel_sizes
+        for backend in args.attention_backends
     ]
     rows += [bench_transformers(model_path, dtype, prompts, output_lens) for dtype in args.hf_dtypes]
     peer = max((r for r in rows if r["engine"] == "transformers"), key=lambda r: r["tok_per_s"], default=None)
-    print(f"\n{'engine':<18}{'dtype':<10}{'out tokens':>11}{'seconds':>10}{'tok/s':>10}{'vs HF best':>12}")
+    print(f"\n{'engine':<22}{'dtype':<10}{'out tokens':>11}{'seconds':>10}{'tok/s':>10}{'vs HF best':>12}")
     for r in rows:
         ratio = r["tok_per_s"] / peer["tok_per_s"] if peer else float("nan")
         r["ratio_vs_hf_best"] = ratio
-        print(f"{r['engine']:<18}{r['dtype']:<10}{r['output_tokens']:>11}{r['seconds']:>10.1f}{r['tok_per_s']:>10.1f}{ratio:>11.2f}x")
+        print(f"{r['engine']:<22}{r['dtype']:<10}{r['output_tokens']:>11}{r['seconds']:>10.1f}{r['tok_per_s']:>10.1f}{ratio:>11.2f}x")
     RESULTS.mkdir(exist_ok=True)
     report = {"workload": vars(args), "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()}, "results": rows}
     out_file = RESULTS / "offline_throughput.json"

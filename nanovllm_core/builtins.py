@@ -14,6 +14,7 @@ CHATML_TEMPLATE = (
 @hookimpl
 def register_attention_backends(register):
     register("torch", "nanovllm_core.attention.torch_backend:TorchAttentionBackend")
+    register("cpu", "nanovllm_core.attention.cpu_backend:CpuAttentionBackend")
     register("triton", "nanovllm_core.attention.triton_backend:TritonAttentionBackend")
     register("flash-attn", "nanovllm_core.attention.flash_attn_backend:FlashAttentionBackend")
 

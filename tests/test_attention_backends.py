@@ -8,13 +8,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from nanovllm_core.attention import AttentionMetadata
+from nanovllm_core.attention import AttentionMetadata, cpu_kernels
+from nanovllm_core.attention.cpu_backend import CpuAttentionBackend
 from nanovllm_core.attention.flash_attn_backend import FlashAttentionBackend
 from nanovllm_core.attention.torch_backend import TorchAttentionBackend
 from nanovllm_core.attention.triton_backend import TritonAttentionBackend
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-NUM_BLOCKS = 64
+NUM_BLOCKS = 128
 
 
 @dataclass
@@ -150,10 +151,68 @@ def test_gpu_only_backends_fail_clearly_on_the_cpu(monkeypatch):
         FlashAttentionBackend(8, 2, 64, block_size=16)
 
 
-def test_auto_picks_torch_on_the_cpu():
+CPU_ONLY = pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ kernels are for CPUs")
+# the kernel's shapes beside the shared batches: long contexts (many blocks,
+# softmax over hundreds of scores), a group of 1 and of 8, head_dim 32
+CPU_DECODE_BATCHES = BATCHES + [
+    Batch([(700, 1), (1, 1), (255, 1), (256, 1)], heads=9, kv_heads=3, head_dim=64, block_size=16),
+    Batch([(100, 1), (3, 1)], heads=8, kv_heads=1, head_dim=32, block_size=8),
+]
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("batch", CPU_DECODE_BATCHES, ids=lambda b: f"{b.heads}h{b.kv_heads}kv{b.head_dim}d-bs{b.block_size}-{len(b.shapes)}seqs")
+def test_cpu_kernel_matches_torch(batch):
+    case = make_case(batch, torch.float32)
+    torch.testing.assert_close(run(CpuAttentionBackend, case), run(TorchAttentionBackend, case), atol=2e-5, rtol=1e-4)
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_kernel_matches_float32_attention_in_half_precision(dtype):
+    """The kernel accumulates in float32, so its half-precision output is the float32 answer rounded once."""
+    batch = CPU_DECODE_BATCHES[-2]
+    case = make_case(batch, dtype)
+    exact = make_case(batch, torch.float32)
+    for name in ("query", "key", "value", "prefix_key", "prefix_value"):  # the same (rounded) inputs in float32
+        setattr(exact, name, getattr(case, name).float())
+    ours = run(CpuAttentionBackend, case)
+    expected = run(TorchAttentionBackend, exact)
+    torch.testing.assert_close(ours, expected, atol=1e-2, rtol=1e-2)
+    assert (ours - expected).abs().max() <= expected.abs().max() * 2**-7  # one half-precision rounding, not more
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_portable_loops_match_its_avx512_code(dtype):
+    """Both code paths of the kernel, called directly: on an AVX-512 CPU the default one is the intrinsics."""
+    batch = CPU_DECODE_BATCHES[-2]
+    case = make_case(batch, dtype)
+    backend = TorchAttentionBackend(batch.heads, batch.kv_heads, batch.head_dim, batch.block_size)
+    k_cache = torch.zeros(backend.kv_cache_shape(NUM_BLOCKS), dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    backend.store(case.prefix_key, case.prefix_value, k_cache, v_cache, prefix_slots(batch, case.metadata))
+    expected = backend.forward(case.query, case.key, case.value, k_cache, v_cache, case.metadata, 0.125).float()
+    m = case.metadata
+    for generic_only in (False, True):
+        ours = cpu_kernels.paged_decode_attention(case.query, k_cache, v_cache, m.block_tables, m.context_lens, 0.125,
+                                                  generic_only=generic_only)
+        tolerance = 2e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(ours.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_auto_picks_the_cpu_kernels_and_falls_back_to_torch(monkeypatch):
     from nanovllm_core.engine.model_runner import select_attention_backend
 
+    assert select_attention_backend("auto", torch.device("cpu")) is CpuAttentionBackend
+
+    def no_compiler():
+        raise RuntimeError("could not build the CPU attention kernels (no compiler)")
+
+    monkeypatch.setattr(cpu_kernels, "load", no_compiler)
     assert select_attention_backend("auto", torch.device("cpu")) is TorchAttentionBackend
+    with pytest.raises(RuntimeError, match="no compiler"):
+        select_attention_backend("cpu", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="flash-attn"):
         select_attention_backend("flash-attn", torch.device("cpu"))
 

@@ -39,6 +39,7 @@ def reference_logits(checkpoint, prompt_ids: list[int]) -> torch.Tensor:
     [
         ("torch", 16, 2048),
         ("torch", 4, 24),  # crosses many block boundaries and prefills in chunks beside decodes
+        ("cpu", 4, 24),  # the C++ decode kernel
         ("triton", 4, 24),  # the triton kernels, interpreted on a CPU
     ],
 )

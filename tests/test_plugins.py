@@ -85,7 +85,7 @@ def test_plugin_loading_can_be_restricted(monkeypatch):
     try:
         assert plugins.samplers().names() == ["default"]
         assert plugins.model_architectures().names() == []
-        assert plugins.attention_backends().names() == ["flash-attn", "torch", "triton"]  # built-ins always load
+        assert plugins.attention_backends().names() == ["cpu", "flash-attn", "torch", "triton"]  # built-ins always load
     finally:
         get_plugin_manager.cache_clear()
 

@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 GiB = 1 << 30
 CPU_KV_CACHE_GB = 2.0
-# preference order of `auto` on CUDA; the first one installed and usable wins
+# preference order of `auto`; the first one installed and usable wins
 CUDA_BACKEND_PREFERENCE = ("flash-attn", "triton", "torch")
+CPU_BACKEND_PREFERENCE = ("cpu", "torch")  # torch when the C++ kernels cannot be built
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,7 +66,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def select_attention_backend(name: str, device: torch.device) -> type[AttentionBackend]:
     registry = plugins.attention_backends()
     if name == "auto":
-        candidates = CUDA_BACKEND_PREFERENCE if device.type == "cuda" else ("torch",)
+        candidates = CUDA_BACKEND_PREFERENCE if device.type == "cuda" else CPU_BACKEND_PREFERENCE
         for candidate in candidates:
             if candidate not in registry:
                 continue
@@ -73,7 +74,7 @@ def select_attention_backend(name: str, device: torch.device) -> type[AttentionB
             try:
                 backend.check_available(device)
             except RuntimeError as error:
-                logger.info("attention backend %s unavailable: %s", candidate, error)
+                logger.warning("attention backend %s unavailable: %s", candidate, error)
                 continue
             return backend
         raise RuntimeError(registry.describe_missing("auto"))

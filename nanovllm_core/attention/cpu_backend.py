@@ -1,0 +1,32 @@
+"""The ``cpu`` backend: the torch backend with decodes done by a C++ kernel.
+
+Decode attention is where the pure-PyTorch path loses most on a CPU: it copies
+each sequence's K/V blocks into a contiguous buffer, then runs a dozen small
+ops per layer. The kernel (csrc/paged_decode.cpp) reads the paged cache in
+place in one parallel loop. Prefills keep the torch path, whose SDPA is
+efficient for many query tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nanovllm_core.attention import cpu_kernels
+from nanovllm_core.attention.backend import AttentionMetadata
+from nanovllm_core.attention.torch_backend import TorchAttentionBackend
+
+
+class CpuAttentionBackend(TorchAttentionBackend):
+    name = "cpu"
+    devices = ("cpu",)
+
+    @classmethod
+    def check_available(cls, device: torch.device) -> None:
+        super().check_available(device)
+        cpu_kernels.load()
+
+    def _decode(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+        num_seqs = query.shape[0]
+        return cpu_kernels.paged_decode_attention(
+            query, k_cache, v_cache, metadata.block_tables[:num_seqs], metadata.context_lens[:num_seqs], scale
+        )

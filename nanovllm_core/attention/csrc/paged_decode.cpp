@@ -1,0 +1,265 @@
+// Paged decode attention for CPUs: one query token per sequence, K/V read in
+// place from the head-major paged cache [kv_heads, num_blocks, block_size, head_dim].
+//
+// The pure-PyTorch path has to gather each sequence's blocks into a contiguous
+// copy before its matmuls, and then runs about fifteen small ops per layer. Here
+// one parallel loop over (sequence, kv head) converts each block to float once,
+// scores it against the whole query group, and accumulates the values, so the
+// cache is read once and nothing is written but the output.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+inline float to_float(float x) { return x; }
+inline float to_float(at::Half x) { return static_cast<float>(x); }
+inline float to_float(at::BFloat16 x) {
+  // bfloat16 is the top half of a float32: a shift the compiler vectorizes
+  uint32_t bits = static_cast<uint32_t>(x.x) << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+template <typename T>
+inline void load_floats(const T* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+// Blocks sit at random places in the cache, so the hardware prefetcher cannot
+// see the next one coming; without this, loads stall on every block start.
+template <typename T>
+inline void prefetch(const T* block, int64_t elems) {
+  const char* bytes = reinterpret_cast<const char*>(block);
+  for (int64_t offset = 0; offset < elems * static_cast<int64_t>(sizeof(T)); offset += 64)
+    __builtin_prefetch(bytes + offset);
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// exp(x) for the x <= 0 of a softmax after its max is subtracted. std::exp does
+// not vectorize without -ffast-math (which gcc links as a global FTZ switch);
+// this does: x*log2(e) = n + f with |f| <= 0.5, 2^f by its Taylor series to
+// degree 6 (relative error below 2e-7), 2^n by building the float's exponent.
+inline void exp_inplace(float* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float t = (x[i] < -87.f ? -87.f : x[i]) * 1.44269504088896341f;
+    float whole = (t + 12582912.f) - 12582912.f;  // round to nearest: 1.5 * 2^23
+    float f = (t - whole) * 0.693147180559945309f;
+    float p = 1.f + f * (1.f + f * (0.5f + f * (1.f / 6 + f * (1.f / 24 + f * (1.f / 120 + f * (1.f / 720))))));
+    int32_t bits = (static_cast<int32_t>(whole) + 127) << 23;
+    float power;
+    std::memcpy(&power, &bits, sizeof(power));
+    x[i] = p * power;
+  }
+}
+
+// One block's rows scored against a query group (generic: any head_dim, any ISA).
+template <typename T>
+struct GenericBlock {
+  std::vector<float> rows_f32;
+  explicit GenericBlock(int64_t block_elems) : rows_f32(block_elems) {}
+
+  void score(const T* rows, int64_t n, const float* queries, int64_t group, int64_t head_dim, float* scores,
+             int64_t stride) {
+    load_floats(rows, rows_f32.data(), n * head_dim);
+    for (int64_t g = 0; g < group; ++g)
+      for (int64_t r = 0; r < n; ++r) scores[g * stride + r] = dot(queries + g * head_dim, &rows_f32[r * head_dim], head_dim);
+  }
+
+  void accumulate(const T* rows, int64_t n, const float* probs, int64_t group, int64_t head_dim, float* acc,
+                  int64_t stride) {
+    load_floats(rows, rows_f32.data(), n * head_dim);
+    for (int64_t g = 0; g < group; ++g) {
+      float* a = acc + g * head_dim;
+      for (int64_t r = 0; r < n; ++r) {
+        const float p = probs[g * stride + r];
+        const float* value = &rows_f32[r * head_dim];
+#pragma omp simd
+        for (int64_t d = 0; d < head_dim; ++d) a[d] += p * value[d];
+      }
+    }
+  }
+};
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline __m512 load16(const at::BFloat16* p) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+template <typename T, int CHUNKS>
+struct Avx512Block {
+  explicit Avx512Block(int64_t) {}
+
+  void score(const T* rows, int64_t n, const float* queries, int64_t group, int64_t, float* scores, int64_t stride) {
+    for (int64_t r = 0; r < n; ++r) {
+      __m512 key[CHUNKS];
+      for (int c = 0; c < CHUNKS; ++c) key[c] = load16(rows + r * 16 * CHUNKS + 16 * c);
+      for (int64_t g = 0; g < group; ++g) {
+        const float* query = queries + g * 16 * CHUNKS;
+        __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(query), key[0]);
+        for (int c = 1; c < CHUNKS; ++c) sum = _mm512_fmadd_ps(_mm512_loadu_ps(query + 16 * c), key[c], sum);
+        scores[g * stride + r] = _mm512_reduce_add_ps(sum);
+      }
+    }
+  }
+
+  void accumulate(const T* rows, int64_t n, const float* probs, int64_t group, int64_t, float* acc, int64_t stride) {
+    for (int64_t r = 0; r < n; ++r) {
+      __m512 value[CHUNKS];
+      for (int c = 0; c < CHUNKS; ++c) value[c] = load16(rows + r * 16 * CHUNKS + 16 * c);
+      for (int64_t g = 0; g < group; ++g) {
+        const __m512 p = _mm512_set1_ps(probs[g * stride + r]);
+        float* a = acc + g * 16 * CHUNKS;
+        for (int c = 0; c < CHUNKS; ++c)
+          _mm512_storeu_ps(a + 16 * c, _mm512_fmadd_ps(p, value[c], _mm512_loadu_ps(a + 16 * c)));
+      }
+    }
+  }
+};
+#endif
+
+// Softmax of each of the group's score rows in place; returns nothing but the
+// rows' 1/sum, applied to the output at the end instead of to every score.
+inline void softmax_rows(float* scores, int64_t group, int64_t length, float* inverse_sums) {
+  for (int64_t g = 0; g < group; ++g) {
+    float* row = scores + g * length;
+    float max = row[0];
+    for (int64_t i = 1; i < length; ++i) max = row[i] > max ? row[i] : max;
+#pragma omp simd
+    for (int64_t i = 0; i < length; ++i) row[i] -= max;
+    exp_inplace(row, length);
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < length; ++i) sum += row[i];
+    inverse_sums[g] = 1.f / sum;
+  }
+}
+
+template <typename T, typename Block>
+void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+            const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale) {
+  const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
+  const int64_t kv_heads = k_cache.size(0), num_blocks = k_cache.size(1), block_size = k_cache.size(2);
+  const int64_t group = num_heads / kv_heads, table_width = block_tables.size(1);
+  const T* q = query.data_ptr<T>();
+  const T* k = k_cache.data_ptr<T>();
+  const T* v = v_cache.data_ptr<T>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  const int32_t* lens = context_lens.data_ptr<int32_t>();
+  T* o = out.data_ptr<T>();
+  const int64_t block_elems = block_size * head_dim, head_elems = num_blocks * block_elems;
+
+  at::parallel_for(0, num_seqs * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    Block block(block_elems);
+    std::vector<float> queries(group * head_dim), acc(group * head_dim), inverse_sums(group), scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t seq = item / kv_heads, head = item % kv_heads, length = lens[seq];
+      const int32_t* table = tables + seq * table_width;
+      const int64_t first_query = (seq * num_heads + head * group) * head_dim;
+      if (length <= 0) {  // nothing to attend to: a zero output rather than a read of row[-1]
+        std::fill(o + first_query, o + first_query + group * head_dim, static_cast<T>(0.f));
+        continue;
+      }
+      load_floats(q + first_query, queries.data(), group * head_dim);
+      for (auto& x : queries) x *= scale;
+      scores.resize(group * length);
+      const T* k_head = k + head * head_elems;
+      const T* v_head = v + head * head_elems;
+
+      const int64_t last_block = (length - 1) / block_size;
+      for (int64_t start = 0; start < length; start += block_size) {
+        const int64_t index = start / block_size;
+        prefetch(k_head + table[std::min(index + 1, last_block)] * block_elems, block_elems);
+        block.score(k_head + table[index] * block_elems, std::min(block_size, length - start), queries.data(), group,
+                    head_dim, &scores[start], length);
+      }
+      softmax_rows(scores.data(), group, length, inverse_sums.data());
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t start = 0; start < length; start += block_size) {
+        const int64_t index = start / block_size;
+        prefetch(v_head + table[std::min(index + 1, last_block)] * block_elems, block_elems);
+        block.accumulate(v_head + table[index] * block_elems, std::min(block_size, length - start), &scores[start],
+                         group, head_dim, acc.data(), length);
+      }
+
+      for (int64_t g = 0; g < group; ++g)
+        for (int64_t d = 0; d < head_dim; ++d)
+          o[first_query + g * head_dim + d] = static_cast<T>(acc[g * head_dim + d] * inverse_sums[g]);
+    }
+  });
+}
+
+template <typename T>
+void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                       const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale,
+                       bool generic_only) {
+#if defined(__AVX512F__)
+  if (!generic_only) {
+    switch (query.size(2)) {
+      case 32: return decode<T, Avx512Block<T, 2>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+      case 64: return decode<T, Avx512Block<T, 4>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+      case 128: return decode<T, Avx512Block<T, 8>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+      case 256: return decode<T, Avx512Block<T, 16>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+      default: break;
+    }
+  }
+#endif
+  decode<T, GenericBlock<T>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+}
+
+at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
+                                  bool generic_only) {
+  TORCH_CHECK(query.dim() == 3 && k_cache.dim() == 4, "query [seqs, heads, head_dim], cache [kv_heads, blocks, block, head_dim]");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "the KV cache must be contiguous");
+  TORCH_CHECK(query.scalar_type() == k_cache.scalar_type() && v_cache.scalar_type() == k_cache.scalar_type(),
+              "query and cache dtypes differ");
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && context_lens.scalar_type() == at::kInt,
+              "block_tables and context_lens must be int32");
+  TORCH_CHECK(query.size(1) % k_cache.size(0) == 0, "heads must be a multiple of kv heads");
+  TORCH_CHECK(query.size(2) == k_cache.size(3), "query and cache head_dim differ");
+  const at::Tensor q = query.contiguous();
+  const at::Tensor tables = block_tables.contiguous();
+  const at::Tensor lens = context_lens.contiguous();
+  at::Tensor out = at::empty_like(q);
+  switch (q.scalar_type()) {
+    case at::kFloat: dispatch_head_dim<float>(q, k_cache, v_cache, tables, lens, out, scale, generic_only); break;
+    case at::kBFloat16:
+      dispatch_head_dim<at::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, generic_only);
+      break;
+    case at::kHalf: dispatch_head_dim<at::Half>(q, k_cache, v_cache, tables, lens, out, scale, generic_only); break;
+    default: TORCH_CHECK(false, "paged_decode_attention: unsupported dtype ", q.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(nanovllm_cpu, m) {
+  m.def("paged_decode_attention(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+        "Tensor context_lens, float scale, bool generic_only=False) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nanovllm_cpu, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
