@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from nanovllm_core.attention import AttentionMetadata, cpu_kernels
+from nanovllm_core import cpu_kernels
+from nanovllm_core.attention import AttentionMetadata
 from nanovllm_core.attention.cpu_backend import CpuAttentionBackend
 from nanovllm_core.attention.flash_attn_backend import FlashAttentionBackend
 from nanovllm_core.attention.torch_backend import TorchAttentionBackend
@@ -207,7 +208,7 @@ def test_auto_picks_the_cpu_kernels_and_falls_back_to_torch(monkeypatch):
     assert select_attention_backend("auto", torch.device("cpu")) is CpuAttentionBackend
 
     def no_compiler():
-        raise RuntimeError("could not build the CPU attention kernels (no compiler)")
+        raise RuntimeError("could not build the CPU kernels (no compiler)")
 
     monkeypatch.setattr(cpu_kernels, "load", no_compiler)
     assert select_attention_backend("auto", torch.device("cpu")) is TorchAttentionBackend

@@ -1,11 +1,12 @@
 """Weight-only int8: the rounding, the kernel choice by batch size, and the
 quantized SmolLM2 against the unquantized one."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import CHAT_MESSAGES, chat_prompt
-from nanovllm_core import LLM, SamplingParams
+from nanovllm_core import LLM, SamplingParams, cpu_kernels
 from nanovllm_core.layers.linear import INT8_MAX_ROWS, linear, quantize_int8_
 
 
@@ -29,6 +30,23 @@ def test_few_rows_use_the_int8_kernel_and_many_the_same_rounded_weight():
     assert not torch.allclose(linear(x, weight, bias, garbage), F.linear(x, weight, bias), atol=1e-2)
     x = torch.randn(INT8_MAX_ROWS + 1, 64)
     torch.testing.assert_close(linear(x, weight, bias, garbage), F.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 64, 96), (3, 576, 1536), (4, 1536, 575), (6, 40, 9)], ids=str)
+def test_cpu_int8_kernel_computes_the_rounded_weights_product(shape, dtype):
+    """Ours (AVX-512 code where in_features % 16 == 0, portable loops otherwise and
+    when asked) against the float32 product; rows beyond 4 take a second pass."""
+    rows, in_features, out_features = shape
+    int8 = quantize_int8_(torch.randn(out_features, in_features))
+    x = torch.randn(rows, in_features).to(dtype)
+    scales = int8.scales.to(dtype)
+    expected = (x.float() @ int8.values.float().T) * scales.float()
+    for generic_only in (False, True):
+        ours = cpu_kernels.int8_linear(x, int8.values, scales, generic_only=generic_only)
+        assert ours.dtype == dtype and ours.shape == (rows, out_features)
+        tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(ours.float(), expected, atol=tolerance * expected.abs().max().item(), rtol=tolerance)
 
 
 def test_quantized_smollm2_answers_like_the_original(smollm2_path, smollm2_tokenizer, smollm2_llm):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from nanovllm_core.attention import cpu_kernels
+from nanovllm_core import cpu_kernels
 from nanovllm_core.attention.backend import AttentionMetadata
 from nanovllm_core.attention.torch_backend import TorchAttentionBackend
 

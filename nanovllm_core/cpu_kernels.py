@@ -1,4 +1,6 @@
-"""Build and load the C++ CPU kernels (csrc/) once per machine, on first use.
+"""Build and load the C++ CPU kernels (csrc/) once per machine, on first use:
+paged decode attention (the ``cpu`` attention backend) and the weight-only
+int8 linear for a few rows (``--quantization int8``).
 
 The build uses torch's own extension builder (ninja and a C++ compiler) and is
 cached under torch's extensions directory, so only the first start on a
@@ -20,7 +22,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / "paged_decode.cpp"]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("ops.cpp", "paged_decode.cpp", "int8_linear.cpp")]
 
 
 def cpu_fingerprint() -> str:
@@ -39,7 +41,7 @@ def load() -> None:
     from torch.utils import cpp_extension
 
     name = f"nanovllm_cpu_{cpu_fingerprint()}"
-    logger.info("loading the CPU attention kernels (%s); the first start on a machine compiles them", name)
+    logger.info("loading the CPU kernels (%s); the first start on a machine compiles them", name)
     try:
         cpp_extension.load(
             name=name,
@@ -50,7 +52,7 @@ def load() -> None:
             verbose=False,
         )
     except Exception as error:  # a missing compiler or ninja surfaces as several exception types
-        raise RuntimeError(f"could not build the CPU attention kernels ({type(error).__name__}: {error})") from error
+        raise RuntimeError(f"could not build the CPU kernels ({type(error).__name__}: {error})") from error
 
 
 def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -66,3 +68,9 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     return torch.ops.nanovllm_cpu.paged_decode_attention(
         query, k_cache, v_cache, block_tables, context_lens, scale, generic_only
     )
+
+
+def int8_linear(x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor, generic_only: bool = False) -> torch.Tensor:
+    """``x @ (values * scales[:, None]).T`` for a few rows of ``x``; int8 ``values`` [out, in], one scale per output."""
+    load()
+    return torch.ops.nanovllm_cpu.int8_linear(x, values, scales, generic_only)

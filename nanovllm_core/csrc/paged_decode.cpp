@@ -7,36 +7,15 @@
 // scores it against the whole query group, and accumulates the values, so the
 // cache is read once and nothing is written but the output.
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "vec.h"
 
+namespace nanovllm {
 namespace {
-
-inline float to_float(float x) { return x; }
-inline float to_float(at::Half x) { return static_cast<float>(x); }
-inline float to_float(at::BFloat16 x) {
-  // bfloat16 is the top half of a float32: a shift the compiler vectorizes
-  uint32_t bits = static_cast<uint32_t>(x.x) << 16;
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
-template <typename T>
-inline void load_floats(const T* src, float* dst, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
-}
 
 // Blocks sit at random places in the cache, so the hardware prefetcher cannot
 // see the next one coming; without this, loads stall on every block start.
@@ -45,13 +24,6 @@ inline void prefetch(const T* block, int64_t elems) {
   const char* bytes = reinterpret_cast<const char*>(block);
   for (int64_t offset = 0; offset < elems * static_cast<int64_t>(sizeof(T)); offset += 64)
     __builtin_prefetch(bytes + offset);
-}
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
 }
 
 // exp(x) for the x <= 0 of a softmax after its max is subtracted. std::exp does
@@ -101,13 +73,6 @@ struct GenericBlock {
 };
 
 #if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-inline __m512 load16(const at::BFloat16* p) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-
 template <typename T, int CHUNKS>
 struct Avx512Block {
   explicit Avx512Block(int64_t) {}
@@ -229,6 +194,8 @@ void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const
   decode<T, GenericBlock<T>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
 }
 
+}  // namespace
+
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
                                   bool generic_only) {
@@ -255,11 +222,4 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
   return out;
 }
 
-}  // namespace
-
-TORCH_LIBRARY(nanovllm_cpu, m) {
-  m.def("paged_decode_attention(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
-        "Tensor context_lens, float scale, bool generic_only=False) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(nanovllm_cpu, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
+}  // namespace nanovllm
