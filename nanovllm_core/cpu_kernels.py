@@ -1,20 +1,23 @@
 """Build and load the C++ CPU kernels (csrc/) once per machine, on first use:
-paged decode attention (the ``cpu`` attention backend) and the weight-only
-int8 linear for a few rows (``--quantization int8``).
+paged decode attention (the ``cpu`` attention backend), the weight-only int8
+linear for a few rows (``--quantization int8``), and the decoder's fused
+elementwise steps (RMSNorm with its residual add, rotary embedding, SwiGLU),
+which the layers use on CPU tensors once the model runner has loaded them.
 
 The build uses torch's own extension builder (ninja and a C++ compiler) and is
 cached under torch's extensions directory, so only the first start on a
 machine pays for it (about a minute on 2 cores). The code is compiled for the
 CPU it runs on (``-march=native``); the cache name carries a hash of the CPU's
 model and flags, so a home directory shared between different CPUs never loads
-a build with instructions the CPU lacks.
+a build with instructions the CPU lacks. ``NANOVLLM_CPU_KERNELS=0`` turns them
+off (pure PyTorch everywhere).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
+import os
 import platform
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("ops.cpp", "paged_decode.cpp", "int8_linear.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("ops.cpp", "paged_decode.cpp", "int8_linear.cpp", "elementwise.cpp")]
 
 
 def cpu_fingerprint() -> str:
@@ -35,9 +38,30 @@ def cpu_fingerprint() -> str:
     return hashlib.sha256("\n".join(lines + [platform.machine()]).encode()).hexdigest()[:12]
 
 
-@functools.cache
+_outcome: RuntimeError | bool | None = None  # None: not tried yet; a failure is kept, not retried
+
+
 def load() -> None:
     """Register ``torch.ops.nanovllm_cpu.*``, building them if needed; RuntimeError says why it could not."""
+    global _outcome
+    if _outcome is None:
+        try:
+            _build()
+            _outcome = True
+        except RuntimeError as error:
+            _outcome = error
+    if isinstance(_outcome, RuntimeError):
+        raise _outcome
+
+
+def loaded() -> bool:
+    """Whether the kernels are registered (``load()`` succeeded)."""
+    return _outcome is True
+
+
+def _build() -> None:
+    if os.environ.get("NANOVLLM_CPU_KERNELS") == "0":
+        raise RuntimeError("the CPU kernels are turned off by NANOVLLM_CPU_KERNELS=0")
     from torch.utils import cpp_extension
 
     name = f"nanovllm_cpu_{cpu_fingerprint()}"
@@ -74,3 +98,20 @@ def int8_linear(x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor, gen
     """``x @ (values * scales[:, None]).T`` for a few rows of ``x``; int8 ``values`` [out, in], one scale per output."""
     load()
     return torch.ops.nanovllm_cpu.int8_linear(x, values, scales, generic_only)
+
+
+def rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+             eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm of ``x + residual`` (or of ``x``) times ``weight``, and the sum (None without residual)."""
+    normed, total = torch.ops.nanovllm_cpu.rms_norm(x, residual, weight, eps)
+    return normed, (total if residual is not None else None)
+
+
+def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding of ``x`` [tokens, heads, head_dim]; float32 ``cos``/``sin`` [positions, head_dim / 2]."""
+    return torch.ops.nanovllm_cpu.rotary_embedding(x, positions, cos, sin)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of a fused ``[gate | up]`` last dimension."""
+    return torch.ops.nanovllm_cpu.silu_and_mul(x)

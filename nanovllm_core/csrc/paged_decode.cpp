@@ -26,24 +26,6 @@ inline void prefetch(const T* block, int64_t elems) {
     __builtin_prefetch(bytes + offset);
 }
 
-// exp(x) for the x <= 0 of a softmax after its max is subtracted. std::exp does
-// not vectorize without -ffast-math (which gcc links as a global FTZ switch);
-// this does: x*log2(e) = n + f with |f| <= 0.5, 2^f by its Taylor series to
-// degree 6 (relative error below 2e-7), 2^n by building the float's exponent.
-inline void exp_inplace(float* x, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    float t = (x[i] < -87.f ? -87.f : x[i]) * 1.44269504088896341f;
-    float whole = (t + 12582912.f) - 12582912.f;  // round to nearest: 1.5 * 2^23
-    float f = (t - whole) * 0.693147180559945309f;
-    float p = 1.f + f * (1.f + f * (0.5f + f * (1.f / 6 + f * (1.f / 24 + f * (1.f / 120 + f * (1.f / 720))))));
-    int32_t bits = (static_cast<int32_t>(whole) + 127) << 23;
-    float power;
-    std::memcpy(&power, &bits, sizeof(power));
-    x[i] = p * power;
-  }
-}
-
 // One block's rows scored against a query group (generic: any head_dim, any ISA).
 template <typename T>
 struct GenericBlock {
@@ -114,7 +96,8 @@ inline void softmax_rows(float* scores, int64_t group, int64_t length, float* in
     for (int64_t i = 1; i < length; ++i) max = row[i] > max ? row[i] : max;
 #pragma omp simd
     for (int64_t i = 0; i < length; ++i) row[i] -= max;
-    exp_inplace(row, length);
+#pragma omp simd
+    for (int64_t i = 0; i < length; ++i) row[i] = fast_exp(row[i]);
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < length; ++i) sum += row[i];

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from nanovllm_core import plugins
+from nanovllm_core import cpu_kernels, plugins
 from nanovllm_core.attention import AttentionBackend, AttentionMetadata, forward_context
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.grammar import apply_grammar_masks
@@ -45,6 +45,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
     return torch.device(name)
+
+
+def load_cpu_kernels() -> None:
+    """Build/load the C++ CPU kernels, which the layers then use; PyTorch ops if they cannot be built."""
+    try:
+        cpu_kernels.load()
+    except RuntimeError as error:
+        logger.warning("running the CPU path in plain PyTorch, which is slower: %s", error)
 
 
 def cpu_has_bf16() -> bool:
@@ -105,6 +113,8 @@ class ModelRunner:
             self.workers = WorkerGroup(config, self.device)
         if config.tensor_parallel_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
+        if self.device.type == "cpu":
+            load_cpu_kernels()
         self.model = self._build_model(source)
         # only rank 0 samples; the other ranks never need (or load) the sampler
         self.sampler = plugins.samplers().get(config.sampler)() if get_tp_rank() == 0 else None

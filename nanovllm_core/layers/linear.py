@@ -7,7 +7,6 @@ load unchanged whatever the tensor-parallel size.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,8 +16,6 @@ from torch import nn
 
 from nanovllm_core import cpu_kernels
 from nanovllm_core.distributed import all_reduce, divide, get_tp_rank, get_tp_size
-
-logger = logging.getLogger(__name__)
 
 
 # Up to this many rows the int8 weight-only kernel beats the bf16 matmul on the
@@ -54,12 +51,7 @@ def quantize_model_int8_(model: nn.Module) -> int:
     Small batches run our C++ kernel, which prefetches weight rows ahead and so
     reads them 1.4x faster than torch's ``_weight_int8pack_mm`` (measured over
     SmolLM2's 30 layers from memory); torch's kernel is the fallback."""
-    try:
-        cpu_kernels.load()
-        matmul = cpu_kernels.int8_linear
-    except RuntimeError as error:
-        logger.warning("int8 layers use torch's kernel: %s", error)
-        matmul = torch._weight_int8pack_mm
+    matmul = cpu_kernels.int8_linear if cpu_kernels.loaded() else torch._weight_int8pack_mm
     layers = [module for module in model.modules() if hasattr(module, "int8")]
     for layer in layers:
         layer.int8 = quantize_int8_(layer.weight.data, matmul)

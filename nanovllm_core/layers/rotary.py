@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanovllm_core import cpu_kernels
+
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_position: int, base: float, inv_freq: torch.Tensor | None = None):
@@ -24,6 +26,9 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``query`` [tokens, heads, head_dim], ``key`` [tokens, kv_heads, head_dim]."""
+        if query.is_cpu and cpu_kernels.loaded():
+            return (cpu_kernels.rotary_embedding(query, positions, self.cos, self.sin),
+                    cpu_kernels.rotary_embedding(key, positions, self.cos, self.sin))
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
