@@ -96,17 +96,24 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const 
   TORCH_CHECK(values.scalar_type() == at::kChar, "int8_linear: values must be int8");
   TORCH_CHECK(scales.dim() == 1 && scales.size(0) == values.size(0), "int8_linear: one scale per output");
   const int64_t rows = input.size(0), in = input.size(1), out_features = values.size(0);
-  const at::Tensor x = input.to(at::kFloat).contiguous();
+  // float32 copies in plain buffers: two fewer tensor ops per call, which count at batch 1
+  std::vector<float> x(rows * in), s(out_features);
+  const at::Tensor input_rows = input.contiguous(), scale_values = scales.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "int8_linear_input", [&] {
+    load_floats(input_rows.data_ptr<scalar_t>(), x.data(), rows * in);
+  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scales.scalar_type(), "int8_linear_scales", [&] {
+    load_floats(scale_values.data_ptr<scalar_t>(), s.data(), out_features);
+  });
   const at::Tensor w = values.contiguous();
-  const at::Tensor s = scales.to(at::kFloat).contiguous();
   at::Tensor out = at::empty({rows, out_features}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "int8_linear", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     // output rows split across threads, in multiples of a tile; each thread reads its weights once per pass
     at::parallel_for(0, out_features, 64, [&](int64_t first, int64_t last) {
       for (int64_t r = 0; r < rows; r += kMaxRows)
-        pass(x.data_ptr<float>() + r * in, std::min(kMaxRows, rows - r), w.data_ptr<int8_t>(), s.data_ptr<float>(),
-             o + r * out_features, in, out_features, first, last, generic_only);
+        pass(x.data() + r * in, std::min(kMaxRows, rows - r), w.data_ptr<int8_t>(), s.data(), o + r * out_features, in,
+             out_features, first, last, generic_only);
     });
   });
   return out;
