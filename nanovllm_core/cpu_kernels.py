@@ -1,6 +1,6 @@
 """Build and load the C++ CPU kernels (csrc/) once per machine, on first use:
 paged decode attention (the ``cpu`` attention backend), the weight-only int8
-linear for a few rows (``--quantization int8``), and the decoder's fused
+and int4 linears for a few rows (``--quantization int8|int4``), and the decoder's fused
 elementwise steps (RMSNorm with its residual add, rotary embedding, SwiGLU),
 which the layers use on CPU tensors once the model runner has loaded them.
 
@@ -25,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("ops.cpp", "paged_decode.cpp", "int8_linear.cpp", "elementwise.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("ops.cpp", "paged_decode.cpp", "quantized_linear.cpp", "elementwise.cpp")]
 
 
 def cpu_fingerprint() -> str:
@@ -98,6 +98,17 @@ def int8_linear(x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor, gen
     """``x @ (values * scales[:, None]).T`` for a few rows of ``x``; int8 ``values`` [out, in], one scale per output."""
     load()
     return torch.ops.nanovllm_cpu.int8_linear(x, values, scales, generic_only)
+
+
+def int4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
+                generic_only: bool = False) -> torch.Tensor:
+    """``x @ w.T`` for a few rows of ``x``, ``w`` in groups of 32 along the input: ``q * scale + min``.
+
+    ``packed`` uint8 [out, in / 2] (byte i of a group: q[i] low nibble, q[i + 16] high);
+    ``scales``/``mins`` float16 [out, in / 32].
+    """
+    load()
+    return torch.ops.nanovllm_cpu.int4_linear(x, packed, scales, mins, generic_only)
 
 
 def rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,

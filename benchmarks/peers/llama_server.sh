@@ -18,7 +18,11 @@ build() {
     python -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$WORK"
     tar -xzf "$WORK/llama_cpp_python-$VERSION.tar.gz" -C "$WORK"
     local sources="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
+    # no AMX: some VMs report AMX in cpuid without enabling its tile registers, and
+    # ggml's AMX kernels then die with SIGILL (seen on this project's machines)
+    local no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     cmake -S "$sources" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
     cmake --build "$WORK/build" --target llama-server -j "$(nproc)" >&2
     echo "$BINARY"

@@ -8,6 +8,8 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
                                   bool generic_only);
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales, bool generic_only);
+at::Tensor int4_linear(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales,
+                       const at::Tensor& mins, bool generic_only);
 std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& input, const c10::optional<at::Tensor>& residual,
                                             const at::Tensor& weight, double eps);
 at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin);
@@ -18,6 +20,7 @@ TORCH_LIBRARY(nanovllm_cpu, m) {
   m.def("paged_decode_attention(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor context_lens, float scale, bool generic_only=False) -> Tensor");
   m.def("int8_linear(Tensor input, Tensor values, Tensor scales, bool generic_only=False) -> Tensor");
+  m.def("int4_linear(Tensor input, Tensor packed, Tensor scales, Tensor mins, bool generic_only=False) -> Tensor");
   m.def("rms_norm(Tensor input, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("rotary_embedding(Tensor x, Tensor positions, Tensor cos, Tensor sin) -> Tensor");
   m.def("silu_and_mul(Tensor input) -> Tensor");
@@ -26,6 +29,7 @@ TORCH_LIBRARY(nanovllm_cpu, m) {
 TORCH_LIBRARY_IMPL(nanovllm_cpu, CPU, m) {
   m.impl("paged_decode_attention", &nanovllm::paged_decode_attention);
   m.impl("int8_linear", &nanovllm::int8_linear);
+  m.impl("int4_linear", &nanovllm::int4_linear);
   m.impl("rms_norm", &nanovllm::rms_norm);
   m.impl("rotary_embedding", &nanovllm::rotary_embedding);
   m.impl("silu_and_mul", &nanovllm::silu_and_mul);

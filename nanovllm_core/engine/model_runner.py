@@ -26,7 +26,7 @@ from nanovllm_core.engine.tensor_parallel import (
     check_tensor_parallel_size,
 )
 from nanovllm_core.layers.attention import Attention
-from nanovllm_core.layers.linear import quantize_model_int8_
+from nanovllm_core.layers.linear import quantize_model_
 from nanovllm_core.loader import ModelSource, load_model_weights
 from nanovllm_core.sampling import SamplingBatch
 
@@ -143,10 +143,11 @@ class ModelRunner:
             _randomise(model)
         else:
             load_model_weights(model, source, self.hf_config)
-        if self.config.quantization == "int8":
+        if self.config.quantization != "none":
             if self.device.type != "cpu":
-                raise ValueError("quantization 'int8' runs on the CPU only")
-            logger.info("int8 weight-only quantization of %d layers", quantize_model_int8_(model))
+                raise ValueError(f"quantization {self.config.quantization!r} runs on the CPU only")
+            count = quantize_model_(model, self.config.quantization)
+            logger.info("%s weight-only quantization of %d layers", self.config.quantization, count)
         return model.eval()
 
     def kv_bytes_per_block(self) -> int:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanovllm_core.distributed import all_reduce, get_tp_rank, get_tp_size
-from nanovllm_core.layers.linear import Int8Weight, linear
+from nanovllm_core.layers.linear import QuantizedWeight, linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -36,14 +36,16 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
+    keeps_int8 = True  # int8 under --quantization int4: 4 bits on the logits cost more quality than they save
+
     def __init__(self, vocab_size: int, hidden_size: int, bias: bool = False):
         if bias:
             raise NotImplementedError("LM head bias is not supported")
         super().__init__(vocab_size, hidden_size)
-        self.int8: Int8Weight | None = None  # set by quantize_model_int8_
+        self.quantized: QuantizedWeight | None = None  # set by quantize_model_
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = linear(hidden_states, self.weight, int8=self.int8)
+        logits = linear(hidden_states, self.weight, quantized=self.quantized)
         if self.tp_size == 1:
             return logits
         shards = [torch.empty_like(logits) for _ in range(self.tp_size)]

@@ -18,9 +18,11 @@ from nanovllm_core import cpu_kernels
 from nanovllm_core.distributed import all_reduce, divide, get_tp_rank, get_tp_size
 
 
-# Up to this many rows the int8 weight-only kernel beats the bf16 matmul on the
-# CPU (measured per SmolLM2 projection: 2.4-3.1x at 1 row, 0.8-1.4x at 8, 0.35-0.6x at 32)
-INT8_MAX_ROWS = 4
+# Up to this many rows the weight-only quantized kernels beat the bf16 matmul on
+# the CPU (measured per SmolLM2 projection for int8: 2.4-3.1x at 1 row, 0.8-1.4x
+# at 8, 0.35-0.6x at 32); larger batches use the dequantized weight
+QUANTIZED_MAX_ROWS = 4
+INT4_GROUP = 32  # weights per int4 scale and minimum, along the input (GGUF's Q4_1 block)
 
 
 @dataclass
@@ -31,6 +33,24 @@ class Int8Weight:
     scales: torch.Tensor  # [out], in the activations' dtype
     # (x, values, scales) -> x @ weight.T for a few rows of x
     matmul: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = torch._weight_int8pack_mm
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matmul(x, self.values, self.scales)
+
+
+@dataclass
+class Int4Weight:
+    """A weight rounded to 4 bits in groups of 32 inputs: ``q * scale + min`` per group."""
+
+    packed: torch.Tensor  # uint8, [out, in / 2]: byte i of a group holds q[i] and q[i + 16]
+    scales: torch.Tensor  # float16, [out, in / 32]
+    mins: torch.Tensor  # float16, [out, in / 32]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_kernels.int4_linear(x, self.packed, self.scales, self.mins)
+
+
+QuantizedWeight = Int8Weight | Int4Weight
 
 
 def quantize_int8_(weight: torch.Tensor, matmul=torch._weight_int8pack_mm) -> Int8Weight:
@@ -45,24 +65,50 @@ def quantize_int8_(weight: torch.Tensor, matmul=torch._weight_int8pack_mm) -> In
     return Int8Weight(values, scales.to(weight.dtype), matmul)
 
 
-def quantize_model_int8_(model: nn.Module) -> int:
-    """Quantize every layer that can compute from an int8 weight; returns how many.
+def quantize_int4_(weight: torch.Tensor) -> Int4Weight:
+    """Round ``weight`` to 4 bits per group of 32 inputs, asymmetric (min to max in
+    15 steps, as GGUF's Q4_1), and replace it by the rounded values like
+    ``quantize_int8_``. A model that came from a Q4_1 GGUF gets its own blocks
+    back, up to the rounding of the weights to the model's dtype."""
+    out_features, in_features = weight.shape
+    groups = weight.float().view(out_features, in_features // INT4_GROUP, INT4_GROUP)
+    # computed with the float16 values that are stored, so the kernel and the weight agree
+    mins = groups.amin(dim=-1).half().float()
+    scales = ((groups.amax(dim=-1) - mins) / 15).half().float()
+    steps = torch.round((groups - mins[..., None]) / scales.clamp(min=1e-30)[..., None]).clamp(0, 15)
+    weight.copy_((steps * scales[..., None] + mins[..., None]).view(out_features, in_features))
+    q = steps.to(torch.uint8)
+    packed = (q[..., : INT4_GROUP // 2] | (q[..., INT4_GROUP // 2 :] << 4)).reshape(out_features, in_features // 2)
+    return Int4Weight(packed.contiguous(), scales.half(), mins.half())
 
-    Small batches run our C++ kernel, which prefetches weight rows ahead and so
+
+def quantize_model_(model: nn.Module, method: str) -> int:
+    """Quantize (``int8`` or ``int4``) every layer that can compute from a quantized weight; returns how many.
+
+    int8 on CPU runs our C++ kernel, which prefetches weight rows ahead and so
     reads them 1.4x faster than torch's ``_weight_int8pack_mm`` (measured over
-    SmolLM2's 30 layers from memory); torch's kernel is the fallback."""
+    SmolLM2's 30 layers from memory); torch's kernel is the fallback. int4 needs
+    the C++ kernels. Under int4, layers marked ``keeps_int8`` (the LM head: llama.cpp's
+    Q4 files keep it at 8 bits too) and those whose input size is not a multiple
+    of 32 get int8."""
+    if method == "int4":
+        cpu_kernels.load()
     matmul = cpu_kernels.int8_linear if cpu_kernels.loaded() else torch._weight_int8pack_mm
-    layers = [module for module in model.modules() if hasattr(module, "int8")]
+    layers = [module for module in model.modules() if hasattr(module, "quantized")]
     for layer in layers:
-        layer.int8 = quantize_int8_(layer.weight.data, matmul)
+        weight = layer.weight.data
+        if method == "int4" and not getattr(layer, "keeps_int8", False) and weight.shape[1] % INT4_GROUP == 0:
+            layer.quantized = quantize_int4_(weight)
+        else:
+            layer.quantized = quantize_int8_(weight, matmul)
     return len(layers)
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, int8: Int8Weight | None = None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, quantized: QuantizedWeight | None = None
 ) -> torch.Tensor:
-    """F.linear, through the int8 kernel for a few rows when the weight has an
-    int8 copy, with the rows of half-precision CPU inputs padded to a few sizes.
+    """F.linear, through the quantized kernel for a few rows when the weight has a
+    quantized copy, with the rows of half-precision CPU inputs padded to a few sizes.
 
     oneDNN, which runs bf16/fp16 matmuls on the CPU, builds and caches a kernel
     with its own buffers for every distinct row count (about 0.6 MB each for a
@@ -71,8 +117,8 @@ def linear(
     request in a soak test. Eight sizes per power of two bound the cache at a
     cost of at most 1/8 more rows."""
     rows = x.shape[0]
-    if int8 is not None and x.dim() == 2 and rows <= INT8_MAX_ROWS:
-        out = int8.matmul(x, int8.values, int8.scales)
+    if quantized is not None and x.dim() == 2 and rows <= QUANTIZED_MAX_ROWS:
+        out = quantized(x)
         return out if bias is None else out + bias
     if x.device.type != "cpu" or x.dtype == torch.float32 or x.dim() != 2:
         return F.linear(x, weight, bias)
@@ -95,7 +141,7 @@ class LinearBase(nn.Module):
         self.split_dim = split_dim  # 0: outputs split across ranks, 1: inputs, None: replicated
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
-        self.int8: Int8Weight | None = None  # set by quantize_model_int8_
+        self.quantized: QuantizedWeight | None = None  # set by quantize_model_
         if bias:
             self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
@@ -109,7 +155,7 @@ class LinearBase(nn.Module):
         param.data.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.int8)
+        return linear(x, self.weight, self.bias, self.quantized)
 
 
 class ReplicatedLinear(LinearBase):
@@ -165,5 +211,5 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the bias is added once, after the sum
-        out = all_reduce(linear(x, self.weight, int8=self.int8))
+        out = all_reduce(linear(x, self.weight, quantized=self.quantized))
         return out if self.bias is None else out + self.bias
