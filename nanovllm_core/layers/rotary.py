@@ -26,7 +26,7 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``query`` [tokens, heads, head_dim], ``key`` [tokens, kv_heads, head_dim]."""
-        if query.is_cpu and cpu_kernels.loaded():
+        if query.is_cpu and self.cos.dtype == torch.float32 and cpu_kernels.loaded():  # the kernel's table format
             return (cpu_kernels.rotary_embedding(query, positions, self.cos, self.sin),
                     cpu_kernels.rotary_embedding(key, positions, self.cos, self.sin))
         cos = self.cos[positions].unsqueeze(1)
