@@ -6,7 +6,7 @@ which the layers use on CPU tensors once the model runner has loaded them.
 
 The build uses torch's own extension builder (ninja and a C++ compiler) and is
 cached under torch's extensions directory, so only the first start on a
-machine pays for it (about a minute on 2 cores). The code is compiled for the
+machine pays for it (about 15 s on 2 cores). The code is compiled for the
 CPU it runs on (``-march=native``); the cache name carries a hash of the CPU's
 model and flags, so a home directory shared between different CPUs never loads
 a build with instructions the CPU lacks. ``NANOVLLM_CPU_KERNELS=0`` turns them

@@ -17,15 +17,6 @@
 namespace nanovllm {
 namespace {
 
-// Blocks sit at random places in the cache, so the hardware prefetcher cannot
-// see the next one coming; without this, loads stall on every block start.
-template <typename T>
-inline void prefetch(const T* block, int64_t elems) {
-  const char* bytes = reinterpret_cast<const char*>(block);
-  for (int64_t offset = 0; offset < elems * static_cast<int64_t>(sizeof(T)); offset += 64)
-    __builtin_prefetch(bytes + offset);
-}
-
 // One block's rows scored against a query group (generic: any head_dim, any ISA).
 template <typename T>
 struct GenericBlock {
@@ -136,10 +127,12 @@ void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor
       const T* k_head = k + head * head_elems;
       const T* v_head = v + head * head_elems;
 
+      // blocks sit at random places in the cache, so the hardware prefetcher cannot
+      // see the next one coming; without this, loads stall on every block start
       const int64_t last_block = (length - 1) / block_size;
       for (int64_t start = 0; start < length; start += block_size) {
         const int64_t index = start / block_size;
-        prefetch(k_head + table[std::min(index + 1, last_block)] * block_elems, block_elems);
+        prefetch(k_head + table[std::min(index + 1, last_block)] * block_elems, block_elems * sizeof(T));
         block.score(k_head + table[index] * block_elems, std::min(block_size, length - start), queries.data(), group,
                     head_dim, &scores[start], length);
       }
@@ -147,7 +140,7 @@ void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t start = 0; start < length; start += block_size) {
         const int64_t index = start / block_size;
-        prefetch(v_head + table[std::min(index + 1, last_block)] * block_elems, block_elems);
+        prefetch(v_head + table[std::min(index + 1, last_block)] * block_elems, block_elems * sizeof(T));
         block.accumulate(v_head + table[index] * block_elems, std::min(block_size, length - start), &scores[start],
                          group, head_dim, acc.data(), length);
       }
@@ -194,7 +187,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
   const at::Tensor tables = block_tables.contiguous();
   const at::Tensor lens = context_lens.contiguous();
   at::Tensor out = at::empty_like(q);
-  switch (q.scalar_type()) {
+  switch (q.scalar_type()) {  // no double: the AVX-512 code has no double loads, and no model runs in double
     case at::kFloat: dispatch_head_dim<float>(q, k_cache, v_cache, tables, lens, out, scale, generic_only); break;
     case at::kBFloat16:
       dispatch_head_dim<at::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, generic_only);

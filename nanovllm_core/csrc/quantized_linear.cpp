@@ -123,10 +123,7 @@ template <typename T, typename Format, int ROWS>
 void avx512_pass(const Format& w, const float* x, T* out, int64_t out_features, int64_t first, int64_t last) {
   int64_t n = first;
   for (; n + 4 <= last; n += 4) {
-    if (n + 4 * (kPrefetchTiles + 1) <= last) {
-      const char* ahead = static_cast<const char*>(w.row(n + 4 * kPrefetchTiles));
-      for (int64_t offset = 0; offset < 4 * w.row_bytes(); offset += 64) __builtin_prefetch(ahead + offset);
-    }
+    if (n + 4 * (kPrefetchTiles + 1) <= last) prefetch(w.row(n + 4 * kPrefetchTiles), 4 * w.row_bytes());
     avx512_tile<T, Format, ROWS, 4>(w, x, out, out_features, n);
   }
   for (; n < last; ++n) avx512_tile<T, Format, ROWS, 1>(w, x, out, out_features, n);

@@ -28,6 +28,12 @@ inline void load_floats(const T* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
 }
 
+// Ask for `bytes` bytes from `data` on, one cache line at a time, ahead of their use.
+inline void prefetch(const void* data, int64_t bytes) {
+  const char* start = static_cast<const char*>(data);
+  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(start + offset);
+}
+
 inline float dot(const float* a, const float* b, int64_t n) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)

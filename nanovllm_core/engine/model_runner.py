@@ -82,7 +82,7 @@ def select_attention_backend(name: str, device: torch.device) -> type[AttentionB
             try:
                 backend.check_available(device)
             except RuntimeError as error:
-                logger.warning("attention backend %s unavailable: %s", candidate, error)
+                logger.info("attention backend %s unavailable: %s", candidate, error)
                 continue
             return backend
         raise RuntimeError(registry.describe_missing("auto"))
