@@ -59,6 +59,29 @@ def test_prefix_cache_reuses_blocks_and_keeps_output(smollm2_llm, smollm2_tokeni
     assert first["token_ids"] != second["token_ids"]
 
 
+def test_twin_prompts_do_not_poison_the_prefix_cache(smollm2_llm, smollm2_tokenizer):
+    """Regression: two sequences with the same whole-block prompt (n>1, a retry) registered
+    the twin's first generated block as if it began a prompt; a prompt made of those
+    tokens then got K/V computed at other positions, after other tokens."""
+    engine = smollm2_llm.engine
+    block_size = engine.config.block_size
+    prompt = smollm2_tokenizer.encode("The old lighthouse keeper climbed the winding stairs every single night to light the lamp for passing ships")
+    prompt = prompt[:block_size]
+    assert len(prompt) == block_size
+    # one token more than a block, so that the generated block is computed (and published)
+    params = SamplingParams(temperature=0, max_tokens=block_size + 1, ignore_eos=True)
+    twins = smollm2_llm.generate([prompt, prompt], params, use_tqdm=False)
+    follow_up = twins[1]["token_ids"][:block_size] + smollm2_tokenizer.encode(" Then", add_special_tokens=False)
+    check = SamplingParams(temperature=0, max_tokens=16)
+    cached = smollm2_llm.generate([follow_up], check, use_tqdm=False)[0]
+    engine.block_manager.enable_prefix_caching = False
+    try:
+        uncached = smollm2_llm.generate([follow_up], check, use_tqdm=False)[0]
+    finally:
+        engine.block_manager.enable_prefix_caching = True
+    assert cached["token_ids"] == uncached["token_ids"]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch", "triton", "flash-attn"])
 def test_greedy_parity_on_cuda(backend, smollm2_path, smollm2_tokenizer, reference_model):

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.detokenizer import IncrementalDetokenizer, StopStringMatcher
-from nanovllm_core.engine.block_manager import BlockManager
 from nanovllm_core.engine.sequence import Sequence
 from nanovllm_core.layers.linear import linear, padded_rows
 from nanovllm_core.loader.source import ModelNotFoundError, resolve_model
@@ -15,49 +14,6 @@ from nanovllm_core.sampling_params import SamplingParams
 
 def seq_of(tokens, request_id="r"):
     return Sequence(request_id, tokens, SamplingParams(), seed=0)
-
-
-def test_prefix_blocks_are_shared_and_reference_counted():
-    manager = BlockManager(num_blocks=8, block_size=4)
-    first = seq_of(list(range(10)), "a")
-    manager.admit(first, manager.find_cached_blocks(first))
-    manager.append_slots(first, 10)
-    assert len(first.block_table) == 3 and manager.num_free_blocks == 5
-
-    second = seq_of(list(range(8)) + [99, 98], "b")
-    cached = manager.find_cached_blocks(second)
-    assert cached == first.block_table[:2]
-    manager.admit(second, cached)
-    assert second.num_computed_tokens == 8
-    assert manager.blocks[cached[0]].ref_count == 2
-
-    manager.free(first)
-    manager.free(second)
-    assert manager.num_free_blocks == 8
-    # freed blocks keep their content until reused
-    third = seq_of(list(range(9)), "c")
-    assert manager.find_cached_blocks(third) == cached
-
-
-def test_fully_cached_prompt_still_computes_its_last_token():
-    manager = BlockManager(num_blocks=8, block_size=4)
-    first = seq_of(list(range(8)))
-    manager.admit(first, [])
-    manager.append_slots(first, 8)
-    again = seq_of(list(range(8)), "again")
-    assert len(manager.find_cached_blocks(again)) == 1  # not 2: the last token must run
-
-
-def test_eviction_reuses_oldest_free_block_and_forgets_its_hash():
-    manager = BlockManager(num_blocks=2, block_size=2)
-    first = seq_of([1, 2, 3])
-    manager.admit(first, [])
-    manager.append_slots(first, 3)
-    manager.free(first)
-    other = seq_of([7, 8, 9, 10, 11], "other")
-    manager.admit(other, [])
-    manager.append_slots(other, 4)
-    assert manager.find_cached_blocks(seq_of([1, 2, 3], "x")) == []
 
 
 def test_detokenizer_never_emits_half_a_character(smollm2_tokenizer):

@@ -1,11 +1,13 @@
 """Paged KV cache bookkeeping: blocks, reference counts and hash-based prefix caching.
 
-A block holds ``block_size`` consecutive tokens of one or more sequences. Once
-a block is full, its hash (chained to the previous block's hash, so equal
-hashes mean equal prefixes) is registered; a later sequence whose prompt starts
-with the same tokens takes the block instead of computing it again. Freed
-blocks keep their hash and are reused least-recently-freed first, so the cache
-remembers as much as memory allows.
+A block holds ``block_size`` consecutive tokens of one or more sequences. Each
+sequence keeps the hashes of its full blocks, each chained to the one before
+(so equal hashes mean equal prefixes) and computed from token content alone.
+Once a block is full its hash is registered, unless another block already holds
+that prefix; a later sequence whose prompt starts with the same tokens takes the
+registered block instead of computing it again. Freed blocks keep their hash and
+are reused least-recently-freed first, so the cache remembers as much as memory
+allows.
 """
 
 from __future__ import annotations
@@ -65,16 +67,23 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return []
         found: list[int] = []
-        previous_hash = None
-        for start in range(0, len(seq) - 1 - self.block_size + 1, self.block_size):
-            token_ids = tuple(seq.token_ids[start : start + self.block_size])
-            block_hash = chain_hash(previous_hash, token_ids)
-            block_id = self.hash_to_block_id.get(block_hash)
-            if block_id is None or self.blocks[block_id].token_ids != token_ids:
+        for index in range((len(seq) - 1) // self.block_size):
+            block_id = self.hash_to_block_id.get(self.block_hash(seq, index))
+            if block_id is None or self.blocks[block_id].token_ids != self._block_tokens(seq, index):
                 break
             found.append(block_id)
-            previous_hash = block_hash
         return found
+
+    def block_hash(self, seq: Sequence, index: int) -> int:
+        """The chained hash of ``seq``'s full block ``index``, from its tokens alone."""
+        hashes = seq.block_hashes
+        while len(hashes) <= index:
+            hashes.append(chain_hash(hashes[-1] if hashes else None, self._block_tokens(seq, len(hashes))))
+        return hashes[index]
+
+    def _block_tokens(self, seq: Sequence, index: int) -> tuple[int, ...]:
+        start = index * self.block_size
+        return tuple(seq.token_ids[start : start + self.block_size])
 
     def can_admit(self, seq: Sequence, cached_block_ids: list[int], num_new_tokens: int) -> bool:
         # cached blocks that sit in the free list stop being free once taken
@@ -87,10 +96,12 @@ class BlockManager:
         for block_id in cached_block_ids:
             self._take(block_id)
         seq.block_table = list(cached_block_ids)
-        seq.num_computed_tokens = seq.num_cached_tokens = len(cached_block_ids) * self.block_size
-        if self.enable_prefix_caching:
-            self.prefix_cache_queries += len(seq)
-            self.prefix_cache_hits += seq.num_cached_tokens
+        seq.num_computed_tokens = len(cached_block_ids) * self.block_size
+        if seq.num_preemptions == 0:  # a resumed sequence's own output is no prompt-cache hit
+            seq.num_cached_tokens = seq.num_computed_tokens
+            if self.enable_prefix_caching:
+                self.prefix_cache_queries += seq.num_prompt_tokens
+                self.prefix_cache_hits += seq.num_cached_tokens
 
     # allocation
 
@@ -124,15 +135,10 @@ class BlockManager:
 
     def _publish(self, seq: Sequence, index: int) -> None:
         block = self.blocks[seq.block_table[index]]
-        if block.hash is not None:
-            return
-        previous_hash = self.blocks[seq.block_table[index - 1]].hash if index else None
-        start = index * self.block_size
-        token_ids = tuple(seq.token_ids[start : start + self.block_size])
-        block_hash = chain_hash(previous_hash, token_ids)
-        if block_hash in self.hash_to_block_id:  # another block holds the same prefix already
-            return
-        block.hash, block.token_ids = block_hash, token_ids
+        block_hash = self.block_hash(seq, index)  # computed even for a duplicate: the chain goes on
+        if block.hash is not None or block_hash in self.hash_to_block_id:
+            return  # this block, or another holding the same prefix, is registered already
+        block.hash, block.token_ids = block_hash, self._block_tokens(seq, index)
         self.hash_to_block_id[block_hash] = block.block_id
 
     def _allocate(self) -> int:
@@ -141,7 +147,8 @@ class BlockManager:
         block_id, _ = self.free_block_ids.popitem(last=False)
         block = self.blocks[block_id]
         if block.hash is not None:  # evict its cached content
-            del self.hash_to_block_id[block.hash]
+            if self.hash_to_block_id.get(block.hash) == block_id:
+                del self.hash_to_block_id[block.hash]
             block.hash, block.token_ids = None, ()
         block.ref_count = 1
         return block_id
