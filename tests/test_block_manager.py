@@ -170,3 +170,19 @@ def test_every_cached_block_holds_what_its_hash_claims(seed):
         world.step()
         world.check_cache()
     assert world.manager.hash_to_block_id and world.scheduler.num_preemptions > 0
+
+
+def test_a_resumed_sequence_does_not_count_its_own_output_as_cached_prompt():
+    """Regression: after a preemption, the recomputed output blocks were reported as
+    cached prompt tokens (cached_tokens > prompt_tokens) and inflated the hit rate."""
+    manager = BlockManager(num_blocks=8, block_size=4)
+    seq = seq_of([1, 2, 3, 4, 5])
+    run_prompt(manager, seq)
+    decode(manager, seq, [6, 7, 8, 9])
+    manager.free(seq)  # preempted
+    seq.num_preemptions += 1
+    cached = manager.find_cached_blocks(seq)
+    assert len(cached) == 2  # the resumed sequence does get its blocks back
+    manager.admit(seq, cached)
+    assert seq.num_cached_tokens == 0 <= seq.num_prompt_tokens
+    assert (manager.prefix_cache_hits, manager.prefix_cache_queries) == (0, 5)
