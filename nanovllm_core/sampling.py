@@ -8,10 +8,13 @@ vectorised and testable on their own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from nanovllm_core.engine.sequence import Sequence
+if TYPE_CHECKING:  # a contract plugins import: it must not import the engine
+    from nanovllm_core.engine.sequence import Sequence
+    from nanovllm_core.sampling_params import SamplingParams
 
 
 @dataclass
@@ -49,7 +52,10 @@ class SamplingBatch:
         return max(wanted) if wanted else None
 
     @classmethod
-    def from_sequences(cls, seqs: list[Sequence], vocab_size: int, eos_token_ids: set[int]) -> SamplingBatch:
+    def from_sequences(
+        cls, seqs: list[Sequence], vocab_size: int, eos_token_ids: set[int], may_end: set[int] = frozenset()
+    ) -> SamplingBatch:
+        """``may_end``: rows allowed to end before ``min_tokens`` (their grammar allows nothing else)."""
         params = [seq.params for seq in seqs]
 
         def column(values, dtype):
@@ -57,7 +63,7 @@ class SamplingBatch:
 
         rows, tokens, values = [], [], []
         for row, seq in enumerate(seqs):
-            for token, bias in _logit_additions(seq, eos_token_ids).items():
+            for token, bias in _logit_additions(seq, eos_token_ids, row in may_end).items():
                 if 0 <= token < vocab_size:
                     rows.append(row), tokens.append(token), values.append(bias)
         needs_history = any(p.uses_penalties for p in params)
@@ -82,13 +88,17 @@ class SamplingBatch:
         )
 
 
-def _logit_additions(seq: Sequence, eos_token_ids: set[int]) -> dict[int, float]:
+def ending_token_ids(params: SamplingParams, eos_token_ids: set[int]) -> set[int]:
+    """The tokens that end a sequence of this request."""
+    return set(params.stop_token_ids) | (set() if params.ignore_eos else eos_token_ids)
+
+
+def _logit_additions(seq: Sequence, eos_token_ids: set[int], may_end: bool) -> dict[int, float]:
     """The request's logit_bias, plus a ban on ending before ``min_tokens``."""
     params = seq.params
     additions = dict(params.logit_bias or {})
-    if seq.num_output_tokens < params.min_tokens:
-        banned = set(params.stop_token_ids) | (set() if params.ignore_eos else eos_token_ids)
-        additions.update(dict.fromkeys(banned, float("-inf")))
+    if seq.num_output_tokens < params.min_tokens and not may_end:
+        additions.update(dict.fromkeys(ending_token_ids(params, eos_token_ids), float("-inf")))
     return additions
 
 

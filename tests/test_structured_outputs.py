@@ -109,3 +109,47 @@ def test_constrained_and_free_requests_share_a_batch(server):
     assert mixed[: len(free)] == alone  # the masks touched only the constrained rows
     for name, text in zip([*SCHEMAS, "nested_object"], mixed[len(free):]):
         jsonschema.validate(json.loads(text), SCHEMAS[name])
+
+
+ENUM_FORMAT = {"type": "json_schema", "json_schema": {"name": "pick", "strict": True, "schema": {
+    "type": "object", "properties": {"pick": {"enum": ["yes", "no"]}}, "required": ["pick"],
+    "additionalProperties": False}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_of_constrained_output_are_finite(client, stream):
+    """Regression: tokens the grammar masked had logprob -inf, a 500 without streaming
+    (JSON has no -inf) and null in streams; they report -9999.0 now."""
+    kwargs = dict(model=MODEL, messages=ask("pick"), response_format=ENUM_FORMAT, max_tokens=20, temperature=0)
+    chat = client.chat.completions.create(**kwargs, logprobs=True, top_logprobs=5, stream=stream)
+    if stream:
+        entries = [t for c in chat if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    else:
+        entries = chat.choices[0].logprobs.content
+    values = [t.logprob for t in entries] + [top.logprob for t in entries for top in t.top_logprobs]
+    completion = client.completions.create(model=MODEL, prompt="Pick yes or no as JSON:", max_tokens=20, temperature=0,
+                                           logprobs=5, stream=stream, extra_body={"response_format": ENUM_FORMAT})
+    if stream:
+        pieces = [c.choices[0].logprobs for c in completion if c.choices and c.choices[0].logprobs]
+        values += [v for p in pieces for v in p.token_logprobs] + [v for p in pieces for top in p.top_logprobs
+                                                                   for v in top.values()]
+    else:
+        scored = completion.choices[0].logprobs
+        values += scored.token_logprobs + [v for top in scored.top_logprobs for v in top.values()]
+    assert entries and values
+    assert all(v is not None and -9999.0 <= v <= 0 for v in values), values
+    assert -9999.0 in values  # the masked alternatives are there, at the floor
+
+
+def test_min_tokens_lets_a_complete_grammar_end(smollm2_llm):
+    """Regression: min_tokens banned the end while the grammar allowed only the end,
+    leaving no token to sample (a NaN row)."""
+    from nanovllm_core import SamplingParams
+    from nanovllm_core.grammar import GuidedDecoding
+
+    schema = json.dumps({"type": "object", "properties": {}, "additionalProperties": False})
+    for temperature in (0.0, 1.0):
+        params = SamplingParams(temperature=temperature, max_tokens=30, min_tokens=20, seed=1,
+                                guided=GuidedDecoding("json_schema", schema))
+        result = smollm2_llm.generate(["Give me an empty JSON object:"], params, use_tqdm=False)[0]
+        assert result["text"] == "{}" and result["finish_reason"] == "stop", result

@@ -28,11 +28,13 @@ from nanovllm_core.engine.tensor_parallel import (
 from nanovllm_core.layers.attention import Attention
 from nanovllm_core.layers.linear import quantize_model_
 from nanovllm_core.loader import ModelSource, load_model_weights
-from nanovllm_core.sampling import SamplingBatch
+from nanovllm_core.sampling import SamplingBatch, ending_token_ids
 
 logger = logging.getLogger(__name__)
 
 GiB = 1 << 30
+# JSON has no -inf: a token the grammar masked reports this instead (vLLM's floor too)
+LOGPROB_FLOOR = -9999.0
 CPU_KV_CACHE_GB = 2.0
 # preference order of `auto`; the first one installed and usable wins
 CUDA_BACKEND_PREFERENCE = ("flash-attn", "triton", "torch")
@@ -291,11 +293,27 @@ class ModelRunner:
             return [None] * len(batch)
         sampled_seqs = [seq for seq, sample in zip(batch.seqs, samples) if sample]
         constrained = [(row, seq.grammar) for row, seq in enumerate(sampled_seqs) if seq.grammar is not None]
+        only_end = set()
         if constrained:
             apply_grammar_masks(logits, constrained)
-        sampling = SamplingBatch.from_sequences(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids)
+            only_end = self._rows_that_can_only_end(logits, sampled_seqs, [row for row, _ in constrained])
+        sampling = SamplingBatch.from_sequences(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids, only_end)
         tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
         return [next(tokens) if sample else None for sample in samples]
+
+    def _rows_that_can_only_end(self, logits: torch.Tensor, seqs: list, rows: list[int]) -> set[int]:
+        """Constrained rows, still short of min_tokens, whose grammar allows nothing but ending:
+        banning the end there would leave no token at all."""
+        only_end = set()
+        for row in rows:
+            seq = seqs[row]
+            if seq.num_output_tokens >= seq.params.min_tokens:
+                continue
+            end_ids = [t for t in ending_token_ids(seq.params, self.eos_token_ids) if 0 <= t < logits.shape[1]]
+            allowed = torch.isfinite(logits[row])
+            if int(allowed.sum()) == int(allowed[end_ids].sum()):
+                only_end.add(row)
+        return only_end
 
     @torch.inference_mode()
     def worker_loop(self) -> None:
@@ -378,8 +396,9 @@ def _to_host(output, num_logprobs: list[int | None]) -> list[SampledToken]:
     tokens = output.token_ids.tolist()
     if output.logprobs is None:
         return [SampledToken(t) for t in tokens]
-    chosen = output.logprobs.tolist()
-    top_values, top_ids = output.top_logprobs.tolist(), output.top_token_ids.tolist()
+    chosen = output.logprobs.clamp(min=LOGPROB_FLOOR).tolist()
+    top_values = output.top_logprobs.clamp(min=LOGPROB_FLOOR).tolist()
+    top_ids = output.top_token_ids.tolist()
     sampled = []
     for row, token in enumerate(tokens):
         k = num_logprobs[row]
