@@ -85,3 +85,18 @@ def test_engine_runs_in_plain_pytorch_when_the_kernels_cannot_be_built(tmp_path,
     llm = LLM(str(checkpoint), dtype="float32")
     assert llm.engine.runner.backend.name == "torch"
     assert [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)] == with_kernels
+
+
+def test_layers_share_one_rotary_table():
+    """Regression: each layer built its own cos/sin tables (28 x 21 MB for Qwen3-0.6B)."""
+    from nanovllm_core.layers import RotaryEmbedding
+    from nanovllm_qwen3.decoder import Qwen3ForCausalLM
+    from tiny_models import tiny_config
+
+    config = tiny_config("Qwen3ForCausalLM", vocab_size=128)
+    config.num_hidden_layers = 4
+    model = Qwen3ForCausalLM(config)
+    tables = {m.cos.data_ptr() for m in model.modules() if isinstance(m, RotaryEmbedding)}
+    assert len(tables) == 1
+    other_base = get_rope(32, 512, 12345.0, None)
+    assert other_base is not get_rope(32, 512, 1e6, None)  # a different configuration gets its own

@@ -53,11 +53,26 @@ def _llama3_inv_freq(head_dim: int, base: float, scaling: dict[str, Any]) -> tor
     return torch.where(medium, blended, scaled)
 
 
+# one module per distinct configuration and device, shared by every layer that asks for it:
+# the tables are [max_position, head_dim / 2] twice, ~21 MB a layer for Qwen3-0.6B
+_shared_ropes: dict[tuple, RotaryEmbedding] = {}
+
+
 def get_rope(head_dim: int, max_position: int, base: float, rope_scaling: dict[str, Any] | None) -> RotaryEmbedding:
-    """Rotary embedding for a HF config's ``rope_theta`` / ``rope_scaling``."""
+    """Rotary embedding for a HF config's ``rope_theta`` / ``rope_scaling``, shared between layers."""
     kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
-    if kind == "default":
-        return RotaryEmbedding(head_dim, max_position, base)
-    if kind == "llama3":
-        return RotaryEmbedding(head_dim, max_position, base, _llama3_inv_freq(head_dim, base, rope_scaling))
-    raise NotImplementedError(f"rope_scaling type {kind!r} is not supported (supported: default, llama3)")
+    if kind not in ("default", "llama3"):
+        raise NotImplementedError(f"rope_scaling type {kind!r} is not supported (supported: default, llama3)")
+    key = (head_dim, max_position, base, kind, _freeze(rope_scaling), str(torch.get_default_device()))
+    if key not in _shared_ropes:
+        inv_freq = _llama3_inv_freq(head_dim, base, rope_scaling) if kind == "llama3" else None
+        _shared_ropes[key] = RotaryEmbedding(head_dim, max_position, base, inv_freq)
+    return _shared_ropes[key]
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
