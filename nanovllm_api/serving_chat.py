@@ -58,7 +58,7 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
 
 
 def _logprobs(ctx: ServingContext, request: ChatCompletionRequest, sampled) -> ChatLogprobs | None:
-    return ChatLogprobs(content=token_logprobs(ctx.llm.tokenizer, sampled)) if request.logprobs else None
+    return ChatLogprobs(content=token_logprobs(ctx.llm.tokenizer, ctx.token_bytes, sampled)) if request.logprobs else None
 
 
 async def _complete(

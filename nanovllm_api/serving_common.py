@@ -41,6 +41,7 @@ from nanovllm_api.protocol import (
     new_id,
     now,
 )
+from nanovllm_core.detokenizer import TokenBytes
 from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
 from nanovllm_core.engine.model_runner import SampledToken
 from nanovllm_core.grammar import GuidedDecoding
@@ -61,6 +62,7 @@ class ServingContext:
     chat_template: str | None = None  # resolved once the tokenizer is loaded
     tool_parser: ToolCallParser | None = None  # likewise, as the default depends on the template
     _renderer: ChatRenderer | None = field(default=None, repr=False)
+    _token_bytes: TokenBytes | None = field(default=None, repr=False)
 
     @property
     def llm(self) -> LLMEngine:
@@ -73,6 +75,12 @@ class ServingContext:
         if self._renderer is None:
             self._renderer = ChatRenderer(self.llm.tokenizer, self.chat_template, self.tool_parser)
         return self._renderer
+
+    @property
+    def token_bytes(self) -> TokenBytes:
+        if self._token_bytes is None:
+            self._token_bytes = TokenBytes(self.llm.tokenizer)
+        return self._token_bytes
 
     def check_model(self, name: str | None) -> str:
         if name is None:
@@ -272,10 +280,9 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def token_logprobs(tokenizer, sampled: list[SampledToken]) -> list[TokenLogprob]:
+def token_logprobs(tokenizer, token_bytes: TokenBytes, sampled: list[SampledToken]) -> list[TokenLogprob]:
     def entry(token_id: int, logprob: float) -> dict[str, Any]:
-        text = tokenizer.decode([token_id])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        return {"token": tokenizer.decode([token_id]), "logprob": logprob, "bytes": list(token_bytes(token_id))}
 
     return [
         TokenLogprob(

@@ -8,6 +8,8 @@ held back too, so no part of a stop string is ever emitted.
 
 from __future__ import annotations
 
+import re
+
 from transformers import PreTrainedTokenizerBase
 
 # decoding a few tokens before the new ones keeps spacing right for tokenizers
@@ -86,3 +88,38 @@ class StopStringMatcher:
         upto = max(upto, self.emitted)
         out, self.emitted = self.text[self.emitted : upto], upto
         return out
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's (GPT-2's) alphabet: the character that stands for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet = {chr(byte): byte for byte in printable}  # printable bytes stand for themselves
+    unprintable = [byte for byte in range(256) if byte not in printable]
+    alphabet.update({chr(256 + index): byte for index, byte in enumerate(unprintable)})  # the rest, from U+0100 on
+    return alphabet
+
+
+BYTE_LEVEL_ALPHABET = _byte_level_alphabet()
+BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class TokenBytes:
+    """The UTF-8 bytes one token stands for, which may be part of a character (a
+    token's decoded text then reads U+FFFD). Byte-level BPE pieces map back through
+    their alphabet, SentencePiece byte-fallback pieces (<0xE2>) are their byte."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self.byte_level = "ByteLevel" in str(decoder)
+        self.special_ids = set(tokenizer.all_special_ids)
+
+    def __call__(self, token_id: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None or token_id in self.special_ids:
+            return self.tokenizer.decode([token_id]).encode()
+        if self.byte_level and all(char in BYTE_LEVEL_ALPHABET for char in piece):
+            return bytes(BYTE_LEVEL_ALPHABET[char] for char in piece)
+        if fallback := BYTE_FALLBACK.fullmatch(piece):
+            return bytes([int(fallback.group(1), 16)])
+        return piece.replace("\u2581", " ").encode()  # SentencePiece's word boundary is a space

@@ -31,7 +31,7 @@ class ServerProcess:
         self.log = open(log_path, "w") if log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
-    def wait_healthy(self, timeout: float = 180) -> "ServerProcess":
+    def wait_healthy(self, timeout: float = 300) -> "ServerProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_process import assert_openai_error, metric, serve
 
 MODEL = "SmolLM2-135M-Instruct"
+HUNG_S = 120  # long enough to mean "hung", not "slow"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -100,15 +101,13 @@ def test_streaming_is_real_and_equals_non_streaming(client):
 
 
 def test_tokens_arrive_while_generation_runs(server):
-    """Real streaming: the first content arrives long before the last."""
-    body = {"messages": FRANCE, "temperature": 0, "max_tokens": 64, "ignore_eos": True, "stream": True}
-    arrivals = []
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: {"):
-                arrivals.append(time.monotonic())
-    assert len(arrivals) >= 60
-    assert arrivals[-1] - arrivals[1] > 10 * (arrivals[2] - arrivals[1] + 1e-3) or arrivals[-1] - arrivals[1] > 0.5
+    """Real streaming: content reaches the client while the engine is still generating."""
+    body = {"messages": FRANCE, "temperature": 0, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=HUNG_S) as response:
+        contents = (line for line in response.iter_lines() if '"content":"' in line and '"content":""' not in line)
+        next(contents), next(contents)
+        running = metric(server, "nanovllm_num_requests_running")
+    assert running == 1  # 2,000 tokens asked for: far from done when the second piece arrived
 
 
 def test_n_choices_seed_and_logprobs(client):
@@ -232,11 +231,11 @@ def test_completion_echo_logprobs_and_stream(client):
 # concurrency and disconnects
 
 
-def test_concurrent_requests_match_sequential_and_are_faster(aclient):
-    asyncio.run(_concurrent_vs_sequential(aclient))
+def test_concurrent_requests_match_sequential_and_run_batched(server, aclient):
+    asyncio.run(_concurrent_vs_sequential(server, aclient))
 
 
-async def _concurrent_vs_sequential(aclient):
+async def _concurrent_vs_sequential(server, aclient):
     prompts = [f"Count from {i} to {i + 10}, one number per line." for i in range(16)]
 
     async def ask(p):
@@ -245,14 +244,18 @@ async def _concurrent_vs_sequential(aclient):
         )
         return reply.choices[0].message.content
 
-    start = time.monotonic()
     sequential = [await ask(p) for p in prompts]
-    sequential_time = time.monotonic() - start
-    start = time.monotonic()
+    batch_sizes = []
+
+    async def watch_batch():
+        while True:
+            batch_sizes.append(await asyncio.to_thread(metric, server, "nanovllm_num_requests_running"))
+
+    watcher = asyncio.create_task(watch_batch())
     concurrent = await asyncio.gather(*(ask(p) for p in prompts))
-    concurrent_time = time.monotonic() - start
+    watcher.cancel()
     assert list(concurrent) == sequential
-    assert concurrent_time < sequential_time / 2
+    assert max(batch_sizes) >= len(prompts) // 2  # continuous batching ran them together
 
 
 def test_client_disconnect_frees_its_slot(server, client):
@@ -262,7 +265,7 @@ def test_client_disconnect_frees_its_slot(server, client):
         for _ in range(5):
             next(lines)
         assert metric(server, "nanovllm_num_requests_running") == 1
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + HUNG_S
     while metric(server, "nanovllm_num_requests_running") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert metric(server, "nanovllm_num_requests_running") == 0
@@ -274,7 +277,7 @@ def test_non_streaming_disconnect_aborts_too(server):
     body = {"messages": FRANCE, "max_tokens": 3000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=1.5)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + HUNG_S
     while metric(server, "nanovllm_num_requests_running") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert metric(server, "nanovllm_num_requests_running") == 0
@@ -372,12 +375,11 @@ def test_queue_limit_answers_429_fast(guarded_server):
     with httpx.stream("POST", f"{guarded_server.url}/v1/chat/completions", json=body, headers=headers, timeout=60) as busy:
         lines = busy.iter_lines()  # kept: dropping the iterator closes the connection
         next(lines)
-        start = time.monotonic()
         rejected = httpx.post(f"{guarded_server.url}/v1/chat/completions", json={"messages": FRANCE}, headers=headers)
-        elapsed = time.monotonic() - start
+        still_running = metric(guarded_server, "nanovllm_num_requests_running")
     assert_openai_error(rejected, 429, "rate_limit_error", code="queue_full")
     assert rejected.headers["retry-after"] == "1"
-    assert elapsed < 1.0
+    assert still_running == 1  # refused at once, not after waiting for the busy request's slot
 
 
 def test_cors_when_configured(guarded_server):

@@ -80,3 +80,13 @@ def test_logprobs_come_with_each_token(engine, smollm2_tokenizer):
         assert sampled.top_logprobs[0][0] == sampled.token_id  # greedy: the best one
         assert sampled.logprob == pytest.approx(sampled.top_logprobs[0][1])
         assert sampled.logprob <= 0
+
+
+def test_a_bad_prompt_in_generate_leaves_nothing_behind(smollm2_llm):
+    """Regression: the prompts before a refused one stayed in the engine, and the next
+    call failed with 'request id already in use'."""
+    params = SamplingParams(temperature=0, max_tokens=4)
+    with pytest.raises(ValueError, match="empty"):
+        smollm2_llm.generate(["Hello there", []], params, use_tqdm=False)
+    assert not smollm2_llm.engine.has_unfinished_requests()
+    assert len(smollm2_llm.generate(["Hello there", "Hi"], params, use_tqdm=False)) == 2

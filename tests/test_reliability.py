@@ -1,6 +1,8 @@
 """Reliability of a real server under load, overload, memory pressure, faults
-and shutdown, all on loopback and bounded in time. The soak runs
-NANOVLLM_SOAK_SECONDS (60 by default; docs/reliability.md reports a longer run)."""
+and shutdown, all on loopback. Every test is bounded by a number of requests,
+never by wall time, so a slow or busy machine takes longer but passes the same
+checks. The soak sends NANOVLLM_SOAK_REQUESTS requests (96 by default;
+`make test-long` sends 2,000, and docs/reliability.md reports such a run)."""
 
 import asyncio
 import json
@@ -18,8 +20,10 @@ import pytest
 from faulty_server import INJECTED_MESSAGE
 from server_process import ServerProcess, assert_openai_error, metric, serve
 
-SOAK_SECONDS = float(os.environ.get("NANOVLLM_SOAK_SECONDS", "60"))
+SOAK_REQUESTS = int(os.environ.get("NANOVLLM_SOAK_REQUESTS", "96"))
 SOAK_CLIENTS = 64
+# generous enough to mean "hung", not "slow", on the slowest machine seen
+HUNG_S = 120
 # oneDNN keeps a kernel per padded row count of each weight (nanovllm_core.layers.linear):
 # at most ~90 counts x 7 weights x ~0.5 MB; a leak per request would pass this in a minute
 RSS_GROWTH_BOUND_MB = 300
@@ -38,7 +42,7 @@ def sse_events(lines):
             yield line[len("data: "):]
 
 
-def wait_until_idle(server: ServerProcess, timeout: float = 15) -> None:
+def wait_until_idle(server: ServerProcess, timeout: float = HUNG_S) -> None:
     """Aborts reach the engine a step later; give them a moment, then insist."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,21 +62,26 @@ def soak_server(tmp_path_factory):
                      "--log-level", "warning")
 
 
-async def soak_client(http: httpx.AsyncClient, url: str, seed: int, deadline: float, results: list, token_times: list):
+def soak_request(rng: random.Random) -> tuple[str, dict, int | None]:
+    """A random request: (path, body, the token after which the client hangs up or None)."""
+    max_tokens = rng.randint(4, 48)
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 200)))
+    common = {"max_tokens": max_tokens, "ignore_eos": rng.random() < 0.5, "stream": True,
+              "stream_options": {"include_usage": True}, "temperature": rng.choice([0, 0.8])}
+    disconnect_after = rng.randint(1, max_tokens) if rng.random() < 0.15 else None
+    if rng.random() < 0.5:
+        return "/v1/chat/completions", {"messages": [{"role": "user", "content": text}], **common}, disconnect_after
+    return "/v1/completions", {"prompt": text, **common}, disconnect_after
+
+
+async def soak_client(http: httpx.AsyncClient, url: str, seed: int, budget: list[int], results: list):
+    """Sends requests one after another while the shared ``budget`` lasts."""
     rng = random.Random(seed)
-    while time.monotonic() < deadline:
-        max_tokens = rng.randint(4, 96)
-        ignore_eos = rng.random() < 0.5
-        disconnect_after = rng.randint(1, max_tokens) if rng.random() < 0.15 else None
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 300)))
-        common = {"max_tokens": max_tokens, "ignore_eos": ignore_eos, "stream": True,
-                  "stream_options": {"include_usage": True}, "temperature": rng.choice([0, 0.8])}
-        if rng.random() < 0.5:
-            path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": text}], **common}
-        else:
-            path, body = "/v1/completions", {"prompt": text, **common}
+    while budget[0] > 0:
+        budget[0] -= 1
+        path, body, disconnect_after = soak_request(rng)
         record = {"status": None, "aborted": False, "done": False, "finish_reason": None, "usage": None,
-                  "max_tokens": max_tokens, "ignore_eos": ignore_eos}
+                  "max_tokens": body["max_tokens"], "ignore_eos": body["ignore_eos"]}
         chunks = 0
         async with http.stream("POST", url + path, json=body) as response:
             record["status"] = response.status_code
@@ -86,7 +95,6 @@ async def soak_client(http: httpx.AsyncClient, url: str, seed: int, deadline: fl
                         record["usage"] = event["usage"]
                     for choice in event.get("choices", []):
                         chunks += 1
-                        token_times.append(time.monotonic())
                         record["finish_reason"] = choice.get("finish_reason") or record["finish_reason"]
                     if disconnect_after is not None and chunks >= disconnect_after:
                         record["aborted"] = True
@@ -95,48 +103,53 @@ async def soak_client(http: httpx.AsyncClient, url: str, seed: int, deadline: fl
 
 
 def test_soak_with_random_disconnects(soak_server):
+    """SOAK_REQUESTS requests from 64 clients at once; every one completes or was
+    abandoned on purpose, and afterwards nothing has leaked."""
     url = soak_server.url
-    warmup = min(10.0, SOAK_SECONDS / 6)
     results: list[dict] = []
-    token_times: list[float] = []
+    rss_samples: list[tuple[int, int]] = []  # (requests finished, RSS in MB)
 
-    async def run() -> tuple[float, float]:
-        start = time.monotonic()
-        deadline = start + SOAK_SECONDS
+    async def run() -> None:
+        budget = [SOAK_REQUESTS]
         limits = httpx.Limits(max_connections=SOAK_CLIENTS + 8)
-        async with httpx.AsyncClient(timeout=120, limits=limits) as http:
-            clients = [asyncio.create_task(soak_client(http, url, seed, deadline, results, token_times))
+        async with httpx.AsyncClient(timeout=HUNG_S, limits=limits) as http:
+            clients = [asyncio.create_task(soak_client(http, url, seed, budget, results))
                        for seed in range(SOAK_CLIENTS)]
             while not all(c.done() for c in clients):
-                rss_samples.append((round(time.monotonic() - start), round(rss_mb(soak_server.process.pid))))
-                await asyncio.sleep(5)
+                rss_samples.append((len(results), round(rss_mb(soak_server.process.pid))))
+                await asyncio.sleep(1)
             await asyncio.gather(*clients)
-        return start
 
-    rss_samples: list[tuple[int, int]] = []
-    start = asyncio.run(run())
+    asyncio.run(run())
     wait_until_idle(soak_server)
     rss_end = rss_mb(soak_server.process.pid)
 
     statuses = {r["status"] for r in results}
     completed = [r for r in results if not r["aborted"]]
     aborted = len(results) - len(completed)
+    summary = {"requests": len(results), "aborted": aborted, "statuses": sorted(statuses),
+               "tokens": sum(r["usage"]["completion_tokens"] for r in completed if r["usage"]),
+               "rss_mb_by_requests_finished": rss_samples[::10], "rss_mb_end": round(rss_end)}
+    print("soak:", json.dumps(summary))
+    assert len(results) == SOAK_REQUESTS and statuses == {200}, summary
+    assert aborted > 0, summary  # the seeds above do abandon some
     for r in completed:
         assert r["done"] and r["finish_reason"] in ("stop", "length") and r["usage"], r
         tokens = r["usage"]["completion_tokens"]
         assert tokens == r["max_tokens"] if r["ignore_eos"] else 1 <= tokens <= r["max_tokens"], r
-    thirds = [(start + warmup + i * (SOAK_SECONDS - warmup) / 3) for i in range(4)]
-    window = (SOAK_SECONDS - warmup) / 3
-    rates = [sum(lo <= t < hi for t in token_times) / window for lo, hi in zip(thirds, thirds[1:])]
-    summary = {"seconds": SOAK_SECONDS, "clients": SOAK_CLIENTS, "requests": len(results), "aborted": aborted,
-               "statuses": sorted(statuses), "tokens": len(token_times), "tok_per_s_by_third": [round(r, 1) for r in rates],
-               "rss_mb_by_second": rss_samples, "rss_mb_end": round(rss_end)}
-    print("soak:", json.dumps(summary))
-    assert statuses == {200}
-    assert aborted > 0 and len(completed) > SOAK_CLIENTS
-    rss_after_warmup = next(rss for second, rss in rss_samples if second >= warmup)
-    assert rss_end - rss_after_warmup < RSS_GROWTH_BOUND_MB, summary
-    assert rates[-1] > 0.5 * rates[0], summary  # a leak of slots or blocks would starve the later windows
+    # after the first wave of requests every kernel size has been seen; a leak per request grows past this
+    rss_after_first_wave = next((rss for done, rss in rss_samples if done >= SOAK_CLIENTS), rss_samples[-1][1])
+    assert rss_end - rss_after_first_wave < RSS_GROWTH_BOUND_MB, summary
+    # a leak of slots or blocks would leave the engine unable to run a full batch again
+    again = asyncio.run(_full_batch(url))
+    assert again == SOAK_CLIENTS * [8], again
+
+
+async def _full_batch(url: str) -> list[int]:
+    body = {"prompt": "Once upon a time", "max_tokens": 8, "ignore_eos": True}
+    async with httpx.AsyncClient(timeout=HUNG_S, limits=httpx.Limits(max_connections=SOAK_CLIENTS)) as http:
+        responses = await asyncio.gather(*(http.post(f"{url}/v1/completions", json=body) for _ in range(SOAK_CLIENTS)))
+    return [r.json()["usage"]["completion_tokens"] for r in responses]
 
 
 # overload and memory pressure: a float32 server (outputs independent of batching) with
@@ -205,7 +218,7 @@ def test_overload_is_refused_fast_without_slowing_the_running(small_server):
 
     async def run(flood: bool):
         token_times: list[list[float]] = [[] for _ in bodies]  # per stream
-        async with httpx.AsyncClient(timeout=120) as http:
+        async with httpx.AsyncClient(timeout=HUNG_S) as http:
             running = [asyncio.create_task(stream_completion(http, url, b, times)) for b, times in zip(bodies, token_times)]
             window = (0.0, 0.0)
             rejections = []
@@ -236,8 +249,11 @@ def test_overload_is_refused_fast_without_slowing_the_running(small_server):
                "token_gap_ms_during_flood": round(1000 * statistics.median(
                    gaps(token_times, lambda at: flood_start <= at <= flood_end)), 1),
                "token_gap_ms_without_flood": round(1000 * statistics.median(gaps(calm_times)), 1)}
+    # a refusal must not wait for a slot: measured against how long one running stream takes, same run
+    stream_seconds = statistics.median(times[-1] - times[0] for times in calm_times)
+    summary["calm_stream_ms"] = round(1000 * stream_seconds, 1)
     print("overload:", json.dumps(summary))
-    assert len(rejections) == 300 and latencies[int(len(latencies) * 0.99)] < 2.0, summary
+    assert len(rejections) == 300 and latencies[int(len(latencies) * 0.99)] < stream_seconds, summary
 
 
 def test_memory_pressure_preempts_and_resumes_without_dropping(small_server):
@@ -247,7 +263,7 @@ def test_memory_pressure_preempts_and_resumes_without_dropping(small_server):
               for i in range(4)]
 
     async def run(together: bool) -> list[str]:
-        async with httpx.AsyncClient(timeout=300) as http:
+        async with httpx.AsyncClient(timeout=HUNG_S) as http:
             if together:
                 return list(await asyncio.gather(*(stream_completion(http, url, b) for b in bodies)))
             return [await stream_completion(http, url, b) for b in bodies]
@@ -291,20 +307,24 @@ def test_engine_fault_fails_requests_cleanly_and_exits_non_zero(tmp_path):
     for text in (events[-2], blocking["response"].text):
         assert "injected" not in text and "/opt" not in text and "Traceback" not in text
     assert health.status_code == 503 and after.status_code == 503
-    assert server.process.wait(timeout=30) != 0
+    assert server.process.wait(timeout=HUNG_S) != 0
     assert INJECTED_MESSAGE in log.read_text()  # the operator gets the details, the client does not
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path):
-    server = ServerProcess("--shutdown-timeout", "4", log_path=tmp_path / "server.log").wait_healthy()
+    """A request that fits in the grace period finishes; one that cannot is cut off; the
+    process stops accepting at once and exits 0. The grace is many times what the short
+    request needs on the slowest machine, and the long one needs minutes on any CPU."""
+    grace = 15
+    server = ServerProcess("--shutdown-timeout", str(grace), log_path=tmp_path / "server.log").wait_healthy()
     short = {"prompt": "Once upon a time", "max_tokens": 16, "ignore_eos": True, "stream": True,
              "stream_options": {"include_usage": True}}
-    long = {**short, "max_tokens": 2000}
+    long = {**short, "max_tokens": 4000}
     outcome: dict = {}
 
     def read(name: str, body: dict) -> None:
         try:
-            with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+            with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=HUNG_S) as response:
                 outcome[name] = list(sse_events(response.iter_lines()))
         except httpx.HTTPError as error:  # cut off by the end of the grace period
             outcome[name] = error
@@ -312,17 +332,21 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path):
     readers = [threading.Thread(target=read, args=item) for item in (("short", short), ("long", long))]
     for reader in readers:
         reader.start()
-    while metric(server, "nanovllm_num_requests_running") < 2:
-        time.sleep(0.05)
-    signalled = time.monotonic()
+    wait_for(lambda: metric(server, "nanovllm_num_requests_running") == 2)
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    with pytest.raises(httpx.ConnectError):  # no longer accepting
-        httpx.get(f"{server.url}/health")
+
+    def refused() -> bool:
+        try:
+            httpx.get(f"{server.url}/health")
+            return False
+        except httpx.ConnectError:
+            return True
+
+    wait_for(refused)
+    assert server.process.poll() is None  # no longer accepting, yet still draining
     for reader in readers:
-        reader.join(timeout=60)
-    assert server.process.wait(timeout=30) == 0
-    assert time.monotonic() - signalled < 4 + 10
+        reader.join(timeout=grace + HUNG_S)
+    assert server.process.wait(timeout=HUNG_S) == 0
 
     short_events = outcome["short"]
     assert short_events[-1] == "[DONE]"
@@ -330,3 +354,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path):
     long_outcome = outcome["long"]
     assert isinstance(long_outcome, httpx.HTTPError) or long_outcome[-1] != "[DONE]" \
         or "error" in json.loads(long_outcome[-2])
+
+
+def wait_for(condition, timeout: float = HUNG_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out: hung"
+        time.sleep(0.05)

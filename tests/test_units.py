@@ -89,3 +89,17 @@ def test_cpu_linear_pads_rows_to_few_sizes_and_computes_the_same():
         out = linear(x, weight, bias)
         assert out.shape == (rows, 96)
         torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-2, atol=1e-2)
+
+
+def test_logprob_bytes_are_the_tokens_own(smollm2_tokenizer):
+    """Regression: bytes came from decoding one token, so a token holding part of a
+    UTF-8 character reported U+FFFD's bytes."""
+    from nanovllm_api.serving_common import token_logprobs
+    from nanovllm_core.detokenizer import TokenBytes
+    from nanovllm_core.engine.model_runner import SampledToken
+
+    text = "🎉 café 日本語\n"
+    ids = smollm2_tokenizer.encode(text, add_special_tokens=False)
+    entries = token_logprobs(smollm2_tokenizer, TokenBytes(smollm2_tokenizer), [SampledToken(t, -1.0) for t in ids])
+    assert any(e.token == "\ufffd" for e in entries)  # pieces of a character, as the test means
+    assert b"".join(bytes(e.bytes) for e in entries).decode() == text

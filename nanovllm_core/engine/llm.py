@@ -52,7 +52,14 @@ class LLM:
         if len(sampling_params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
         request_ids = [f"offline-{id(self)}-{i}" for i in range(len(prompts))]
-        seqs = [self.engine.add_request(rid, p, sp) for rid, p, sp in zip(request_ids, prompts, sampling_params)]
+        seqs = []
+        try:
+            for request_id, prompt, params in zip(request_ids, prompts, sampling_params):
+                seqs.append(self.engine.add_request(request_id, prompt, params))
+        except ValueError:  # a bad prompt: the ones before it must not linger in the engine
+            for seq in seqs:
+                self.engine.abort_request(seq.request_id)
+            raise
         results: dict[str, dict[str, Any]] = {}
         with tqdm(total=len(prompts), desc="Generating", disable=not use_tqdm, unit="req") as progress:
             while self.engine.has_unfinished_requests():
