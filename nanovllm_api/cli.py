@@ -15,8 +15,10 @@ from typing import Any
 
 from nanovllm_api.config import ServerConfig
 from nanovllm_core import plugins
+from nanovllm_core.config import DTYPE_ALIASES
 
 FLAG_ALIASES = {"config_file": "--config"}
+EXTRA_CHOICES = {"dtype": list(DTYPE_ALIASES)}  # the config normalises these
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -51,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         flag = FLAG_ALIASES.get(name, "--" + name.replace("_", "-"))
         default = field.default_factory() if field.default_factory else field.default
         help_text = f"{field.description} (default: {default})"
-        parser.add_argument(flag, dest=name, help=help_text, **_argument_options(field.annotation))
+        options = _argument_options(field.annotation)
+        if name in EXTRA_CHOICES:
+            options["choices"] = options["choices"] + EXTRA_CHOICES[name]
+        parser.add_argument(flag, dest=name, help=help_text, **options)
     parser.add_argument(
         "--list-plugins", action="store_true", default=False, help="List installed models, attention backends, "
         "chat templates, samplers, grammar backends and tool-call parsers, with the distribution providing each, and exit."

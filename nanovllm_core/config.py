@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -103,6 +103,20 @@ class EngineConfig(BaseSettings):
     @classmethod
     def _normalise_dtype(cls, value: Any) -> Any:
         return DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _every_sequence_fits_a_step(self) -> EngineConfig:
+        # each running sequence needs a token of the step's budget; with fewer, the tail starves
+        if self.max_num_batched_tokens >= self.max_num_seqs:
+            return self
+        if "max_num_seqs" not in self.model_fields_set:  # the default is only a ceiling: lower it
+            self.max_num_seqs = self.max_num_batched_tokens
+        else:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least max_num_seqs "
+                f"({self.max_num_seqs}): every running sequence needs a token of each step"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -236,7 +236,7 @@ def test_concurrent_requests_match_sequential_and_run_batched(server, aclient):
 
 
 async def _concurrent_vs_sequential(server, aclient):
-    prompts = [f"Count from {i} to {i + 10}, one number per line." for i in range(16)]
+    prompts = [f"Count from {i} to {i + 10}, one number per line." for i in range(8)]
 
     async def ask(p):
         reply = await aclient.chat.completions.create(
@@ -250,6 +250,7 @@ async def _concurrent_vs_sequential(server, aclient):
     async def watch_batch():
         while True:
             batch_sizes.append(await asyncio.to_thread(metric, server, "nanovllm_num_requests_running"))
+            await asyncio.sleep(0.05)
 
     watcher = asyncio.create_task(watch_batch())
     concurrent = await asyncio.gather(*(ask(p) for p in prompts))

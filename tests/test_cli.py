@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from nanovllm_api.cli import build_parser
 from nanovllm_api.config import ServerConfig
 
@@ -59,3 +61,17 @@ def test_nano_vllm_aliases():
     assert nanovllm.LLM is LLM and nanovllm.SamplingParams is SamplingParams
     out = subprocess.run([sys.executable, "-m", "nanovllm.entrypoints.api_server", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--tensor-parallel-size" in out
+
+
+def test_a_step_budget_below_max_num_seqs_is_refused():
+    """Regression: accepted, and the tail of the running batch never got a token."""
+    with pytest.raises(ValueError, match=r"max_num_batched_tokens \(32\) must be at least max_num_seqs \(64\)"):
+        _config(["--max-num-seqs", "64", "--max-num-batched-tokens", "32"])
+    assert _config(["--max-num-batched-tokens", "32"]).max_num_seqs == 32  # the default ceiling follows
+
+
+def test_dtype_aliases_on_the_command_line():
+    """Regression: the config accepted half/fp16/bf16, the flag refused them."""
+    assert _config(["--dtype", "half"]).dtype == "float16"
+    assert _config(["--dtype", "bf16"]).dtype == "bfloat16"
+    assert _config(["--dtype", "fp16"]).dtype == "float16"

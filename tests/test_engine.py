@@ -90,3 +90,23 @@ def test_a_bad_prompt_in_generate_leaves_nothing_behind(smollm2_llm):
         smollm2_llm.generate(["Hello there", []], params, use_tqdm=False)
     assert not smollm2_llm.engine.has_unfinished_requests()
     assert len(smollm2_llm.generate(["Hello there", "Hi"], params, use_tqdm=False)) == 2
+
+
+KV_BYTES_PER_BLOCK = 2 * 16 * 2 * 16 * 4 * 2  # K and V, 16 tokens, 2 KV heads of 16, float32, 2 layers
+
+
+def test_max_model_len_is_reconciled_with_the_kv_cache(tmp_path, smollm2_tokenizer, caplog):
+    """Regression: a max_model_len beyond what the cache holds was accepted, and every
+    request without max_tokens was then refused."""
+    from nanovllm_core import LLM
+    from tiny_models import make_tiny_checkpoint
+
+    checkpoint = str(make_tiny_checkpoint("LlamaForCausalLM", tmp_path, smollm2_tokenizer))
+    eight_blocks = 8 * KV_BYTES_PER_BLOCK / 1024**3
+    with pytest.raises(ValueError, match=r"max_model_len 512 is more than the KV cache holds: 8 blocks of 16 tokens"):
+        LLM(checkpoint, dtype="float32", kv_cache_memory_gb=eight_blocks, max_model_len=512)
+    with caplog.at_level("WARNING"):
+        llm = LLM(checkpoint, dtype="float32", kv_cache_memory_gb=eight_blocks)  # the default 4096, capped to 512
+    assert llm.engine.max_model_len == 128 and "capped to 128" in caplog.text
+    result = llm.generate([[5] * 20], SamplingParams(max_tokens=None, ignore_eos=True), use_tqdm=False)[0]
+    assert result["finish_reason"] == "length" and len(result["token_ids"]) == 108

@@ -65,11 +65,26 @@ class LLMEngine:
         self.runner = ModelRunner(config, self.source, self.hf_config, self.eos_token_ids)
         self.max_model_len = self.runner.max_model_len  # the setting, capped to the model's context
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self._fit_max_model_len_to_cache()
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.requests: dict[str, RequestState] = {}
         self._seeds = random.Random(config.seed)
         self._grammar_backend: GrammarBackend | None = None  # built on the first constrained request
         self._compile_grammar: Callable[[GuidedDecoding], object] | None = None
+
+    def _fit_max_model_len_to_cache(self) -> None:
+        """A sequence longer than the whole KV cache could never run: an explicit
+        max_model_len that large fails here, with the numbers; the default is capped."""
+        capacity = self.block_manager.num_blocks * self.config.block_size
+        if self.max_model_len <= capacity:
+            return
+        message = (f"max_model_len {self.max_model_len} is more than the KV cache holds: "
+                   f"{self.block_manager.num_blocks} blocks of {self.config.block_size} tokens = {capacity} tokens")
+        if "max_model_len" in self.config.model_fields_set:
+            raise ValueError(f"{message}; raise kv_cache_memory_gb (gpu_memory_utilization on a GPU) "
+                             "or lower max_model_len")
+        logger.warning("%s; max_model_len is capped to %d", message, capacity)
+        self.max_model_len = capacity
 
     @property
     def vocab_size(self) -> int:
