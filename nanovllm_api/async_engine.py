@@ -17,6 +17,7 @@ from enum import Enum
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
+from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,10 @@ class AsyncEngine:
             raise EngineUnavailable("The model is still loading; retry shortly.")
         if self.state is not EngineState.READY:
             raise EngineUnavailable("The engine is not running.")
+        if num_sequences > self.max_sequences:  # never admissible: retrying cannot help
+            raise InvalidRequestError(
+                f"The request needs {num_sequences} sequences (prompts x n) but the server holds at most "
+                f"{self.max_sequences} at once (max_num_seqs + max_queued_requests).", param="n")
         if self.num_sequences + num_sequences > self.max_sequences:
             raise QueueFull("The server is at capacity; retry shortly.")
 

@@ -21,6 +21,7 @@ from nanovllm_api.protocol import (
 from nanovllm_api.serving_common import (
     Generation,
     ServingContext,
+    StreamUsage,
     cancel_on_disconnect,
     check_fields,
     collect,
@@ -84,9 +85,12 @@ async def _complete(
 async def _stream(
     ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation
 ) -> AsyncIterator[str]:
+    counts = StreamUsage(request, generation)
+
     def chunk(choices, usage=None) -> str:
         return sse(ChatCompletionChunk(
-            id=generation.request_id, created=generation.created, model=generation.model, choices=choices, usage=usage
+            id=generation.request_id, created=generation.created, model=generation.model, choices=choices,
+            usage=usage or counts.per_chunk(),
         ))
 
     def delta(index: int, content: str, calls: list, logprobs=None) -> ChatChunkChoice | None:
@@ -100,6 +104,7 @@ async def _stream(
     finals = [None] * len(generation.sequences)
     splitters = [StreamedToolCalls(tools) for _ in generation.sequences]
     async for index, output in outputs_of(ctx, generation):
+        counts.count(output)
         piece = delta(index, *splitters[index].feed(output.new_text), _logprobs(ctx, request, output.new_logprobs))
         if piece:
             yield chunk([piece])

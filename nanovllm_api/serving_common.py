@@ -258,6 +258,26 @@ def usage(prompts: list[list[int]], finals: list[RequestOutput | None]) -> Usage
     )
 
 
+class StreamUsage:
+    """Token counts of a streamed generation as it goes: with stream_options'
+    continuous_usage_stats (and include_usage), every chunk carries them."""
+
+    def __init__(self, request: SamplingFields, generation: Generation):
+        options = request.stream_options
+        self.continuous = bool(options and options.include_usage and options.continuous_usage_stats)
+        self.prompt_tokens = sum(len(p) for p in generation.prompts)
+        self.completion_tokens = 0
+
+    def count(self, output: RequestOutput) -> None:
+        self.completion_tokens += len(output.new_token_ids)
+
+    def per_chunk(self) -> Usage | None:
+        if not self.continuous:
+            return None
+        total = self.prompt_tokens + self.completion_tokens
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, total_tokens=total)
+
+
 async def cancel_on_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
     """Await ``awaitable`` unless the client goes away first; then cancel it,
     which aborts its sequences and frees their KV blocks."""

@@ -12,6 +12,7 @@ from nanovllm_api.protocol import CompletionChoice, CompletionLogprobs, Completi
 from nanovllm_api.serving_common import (
     Generation,
     ServingContext,
+    StreamUsage,
     cancel_on_disconnect,
     check_fields,
     collect,
@@ -92,9 +93,12 @@ async def _complete(ctx, request: CompletionRequest, generation: Generation, ech
 
 
 async def _stream(ctx, request: CompletionRequest, generation: Generation, echoes: list[str]) -> AsyncIterator[str]:
+    counts = StreamUsage(request, generation)
+
     def chunk(choices, usage=None) -> str:
         return sse(CompletionResponse(
-            id=generation.request_id, created=generation.created, model=generation.model, choices=choices, usage=usage
+            id=generation.request_id, created=generation.created, model=generation.model, choices=choices,
+            usage=usage or counts.per_chunk(),
         ))
 
     for index, echo in enumerate(echoes):
@@ -103,6 +107,7 @@ async def _stream(ctx, request: CompletionRequest, generation: Generation, echoe
     offsets = [len(e) for e in echoes]
     finals = [None] * len(generation.sequences)
     async for index, output in outputs_of(ctx, generation):
+        counts.count(output)
         logprobs = _logprobs(ctx, request, output.new_logprobs, offsets[index])
         offsets[index] += len(output.new_text)
         if output.new_text or logprobs or output.finished:

@@ -2,6 +2,7 @@
 driven by the official openai client and by httpx."""
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -396,3 +397,24 @@ def test_chat_template_flag_overrides_the_models(guarded_server):
     text = httpx.post(f"{guarded_server.url}/detokenize", json={"tokens": tokens}, headers=headers).json()["prompt"]
     # chatml has no default system prompt, unlike SmolLM2's own template
     assert text == "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_a_request_larger_than_the_queue_is_a_400_not_a_429(guarded_server):
+    """Regression: prompts x n beyond max_num_seqs + max_queued_requests can never be
+    admitted, yet got 429 'retry shortly'."""
+    headers = {"Authorization": "Bearer sk-test"}
+    response = httpx.post(f"{guarded_server.url}/v1/completions", headers=headers,
+                          json={"prompt": ["Once upon a time", "Long ago"], "max_tokens": 2})
+    assert_openai_error(response, 400, "invalid_request_error", param="n", contains="at most 1 at once")
+
+
+def test_continuous_usage_stats_put_usage_in_every_chunk(server):
+    """Regression: accepted and ignored."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    for path, body in (("/v1/chat/completions", {"messages": FRANCE}), ("/v1/completions", {"prompt": "Hello"})):
+        body = {**body, "max_tokens": 6, "ignore_eos": True, "stream": True, "stream_options": options}
+        with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=HUNG_S) as response:
+            events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+        counts = [event["usage"]["completion_tokens"] for event in events]
+        assert all(event["usage"]["prompt_tokens"] > 0 for event in events)
+        assert counts == sorted(counts) and counts[-1] == 6 and len(events) > 6
