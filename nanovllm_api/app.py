@@ -70,7 +70,7 @@ class BodySizeLimit:
 
 def build_app(config: ServerConfig) -> FastAPI:
     source = resolve_model(config.model)
-    engine = AsyncEngine(config, config.max_queued_requests)
+    engine = AsyncEngine(config, config.max_queued_requests, config.client_read_timeout)
     ctx = ServingContext(
         config=config,
         engine=engine,
@@ -97,6 +97,7 @@ def build_app(config: ServerConfig) -> FastAPI:
         loading = asyncio.create_task(finish_loading())  # serve /health (503) while the model loads
         yield
         loading.cancel()
+        ctx.grammar_pool.shutdown(wait=False, cancel_futures=True)
         engine.stop()
 
     app = FastAPI(
@@ -154,7 +155,7 @@ def build_app(config: ServerConfig) -> FastAPI:
 
     @app.post("/tokenize", dependencies=guarded, tags=["utility"])
     async def tokenize(request: TokenizeRequest):
-        return serving_tokenize.tokenize(request, ctx)
+        return await serving_tokenize.tokenize(request, ctx)
 
     @app.post("/detokenize", dependencies=guarded, tags=["utility"])
     async def detokenize(request: DetokenizeRequest):

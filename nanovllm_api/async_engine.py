@@ -23,6 +23,8 @@ from nanovllm_core.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.5
+# outputs one request may have waiting for its reader; past this it is not reading
+MAX_PENDING_OUTPUTS = 4096
 
 
 class EngineState(Enum):
@@ -44,15 +46,20 @@ class EngineFailed(RuntimeError):
     """The engine loop raised; the request cannot complete."""
 
 
+class ReaderStalled(RuntimeError):
+    """The request's client stopped reading; it was aborted to free its slot."""
+
+
 class AsyncEngine:
-    def __init__(self, config: EngineConfig, max_queued_sequences: int):
+    def __init__(self, config: EngineConfig, max_queued_sequences: int, reader_timeout: float):
         self.config = config
+        self.reader_timeout = reader_timeout
         self.state = EngineState.LOADING
         self.engine: LLMEngine | None = None
         self.max_sequences = config.max_num_seqs + max_queued_sequences
         self.num_sequences = 0  # admitted and not finished
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._sinks: dict[str, tuple[asyncio.Queue, int]] = {}
+        self._sinks: dict[str, tuple[GenerationStream, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -121,9 +128,9 @@ class AsyncEngine:
             if kind == "stop":
                 return False
             if kind == "add":
-                _, request_id, prompt_ids, params = command
+                _, request_id, prompt_ids, params, grammar = command
                 try:
-                    self.engine.add_request(request_id, prompt_ids, params)
+                    self.engine.add_request(request_id, prompt_ids, params, grammar)
                 except ValueError as error:  # validated before, so only a race could get here
                     self._loop.call_soon_threadsafe(self._fail, request_id, error)
             elif kind == "abort":
@@ -136,15 +143,20 @@ class AsyncEngine:
     # on the event loop
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
+        now = self._loop.time()
         for output in outputs:
             sink = self._sinks.get(output.request_id)
-            if sink is not None:
-                sink[0].put_nowait((sink[1], output))
+            if sink is None:
+                continue
+            stream, index = sink
+            stream.queue.put_nowait((index, output))
+            if stream.reader_stalled(now, self.reader_timeout):
+                stream.fail(ReaderStalled(f"the client did not read for {self.reader_timeout:g} s"))
 
     def _fail(self, request_id: str, error: BaseException) -> None:
         sink = self._sinks.get(request_id)
         if sink is not None:
-            sink[0].put_nowait((sink[1], error))
+            sink[0].queue.put_nowait((sink[1], error))
 
     def _fail_all(self, error: BaseException) -> None:
         for request_id in list(self._sinks):
@@ -162,15 +174,17 @@ class AsyncEngine:
         if self.num_sequences + num_sequences > self.max_sequences:
             raise QueueFull("The server is at capacity; retry shortly.")
 
-    def generate(self, request_id: str, sequences: list[tuple[list[int], SamplingParams]]) -> GenerationStream:
+    def generate(
+        self, request_id: str, sequences: list[tuple[list[int], SamplingParams]], grammar: object | None = None
+    ) -> GenerationStream:
         """Submit each (prompt token ids, params) as a sequence, now, and return
         the stream of their outputs. Slots are taken at once, so the queue limit
-        holds however many requests arrive together."""
+        holds however many requests arrive together. ``grammar``: their constraint, compiled."""
         self.check_available(len(sequences))
         stream = GenerationStream(self, [f"{request_id}-{index}" for index in range(len(sequences))])
         for index, (sub_id, (prompt_ids, params)) in enumerate(zip(stream.ids, sequences)):
-            self._sinks[sub_id] = (stream.queue, index)
-            self._commands.put(("add", sub_id, prompt_ids, params))
+            self._sinks[sub_id] = (stream, index)
+            self._commands.put(("add", sub_id, prompt_ids, params, grammar))
         self.num_sequences += len(sequences)
         return stream
 
@@ -192,6 +206,8 @@ class GenerationStream:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.unfinished = set(ids)
         self.closed = False
+        self.reading = False  # the reader waits on the queue now
+        self.last_read = asyncio.get_running_loop().time()
 
     def __aiter__(self) -> GenerationStream:
         return self
@@ -200,13 +216,31 @@ class GenerationStream:
         if not self.unfinished:
             self.close()
             raise StopAsyncIteration
-        index, item = await self.queue.get()
+        self.reading = True
+        try:
+            index, item = await self.queue.get()
+        finally:
+            self.reading, self.last_read = False, asyncio.get_running_loop().time()
         if isinstance(item, BaseException):
             self.close()
             raise item
         if item.finished:
             self.unfinished.discard(item.request_id)
         return index, item
+
+    def reader_stalled(self, now: float, timeout: float) -> bool:
+        """Outputs wait while the reader is elsewhere (blocked sending to a client that
+        does not read) for longer than ``timeout``, or pile up past the bound."""
+        if self.reading or self.closed:
+            return False
+        return self.queue.qsize() > MAX_PENDING_OUTPUTS or now - self.last_read > timeout
+
+    def fail(self, error: BaseException) -> None:
+        """Abort now and drop what waits; the reader, if it comes back, gets ``error``."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait((0, error))
+        self.close()
 
     def close(self) -> None:
         if not self.closed:

@@ -33,6 +33,13 @@ class ServerConfig(EngineConfig):
     request_timeout: float | None = Field(
         None, gt=0, description="Seconds a request may take before it is aborted; empty: no limit."
     )
+    client_read_timeout: float = Field(
+        60, gt=0, description="Seconds a streaming client may stop reading while its tokens wait; then the request "
+        "is aborted and its slot freed."
+    )
+    grammar_compile_timeout: float = Field(
+        10, gt=0, description="Seconds a response_format or tools constraint may take to compile; longer is a 400."
+    )
     shutdown_timeout: float = Field(
         30, ge=0, description="On SIGTERM, seconds in-flight requests get to finish before the server exits anyway."
     )

@@ -30,11 +30,15 @@ IGNORED_FIELDS = {"user", "store", "metadata", "service_tier"}  # accepted; they
 # each stop string is checked against every new token's text on the engine's thread,
 # so their number bounds the work one request can add to every step of the batch
 MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_CHARS = 4096
+MAX_STOP_TOKEN_IDS = 1024
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limit
 
 # every tool's schema is compiled into the request's grammar
 MAX_TOOLS = 128
 
 NonNegativeInt = Annotated[int, Field(ge=0)]
+StopString = Annotated[str, Field(max_length=MAX_STOP_STRING_CHARS)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -137,14 +141,16 @@ class SamplingFields(RequestModel):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Probability | None = None
     n: Annotated[int, Field(ge=1, le=16)] = 1
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    stop_token_ids: list[NonNegativeInt] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    stop_token_ids: Annotated[list[NonNegativeInt], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     include_stop_str_in_output: bool = False
     seed: int | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: Annotated[
+        dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS_ENTRIES)
+    ] | None = None
     ignore_eos: bool = False
     min_tokens: NonNegativeInt = 0
     skip_special_tokens: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -32,7 +33,6 @@ from nanovllm_api.serving_common import (
     start_generation,
     token_logprobs,
     usage,
-    validate_sequences,
 )
 from nanovllm_api.tool_use import StreamedToolCalls, ToolUse, finish_reason, message_tool_calls, tool_use
 
@@ -43,16 +43,20 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
     if request.top_logprobs is not None and not request.logprobs:
         raise BadRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = tool_use(request, ctx.tool_parser)
-    prompt = ctx.renderer.render(
-        request.messages, request.add_generation_prompt, request.chat_template_kwargs, tools.tools if tools else None
-    )
-    prompt_ids = ctx.renderer.encode(prompt)
+    ctx.check_prompt_chars([message.text() for message in request.messages])
+
+    def render() -> list[int]:
+        prompt = ctx.renderer.render(
+            request.messages, request.add_generation_prompt, request.chat_template_kwargs, tools.tools if tools else None
+        )
+        return ctx.renderer.encode(prompt)
+
+    prompt_ids = await asyncio.to_thread(render)  # a long conversation takes a while: not on the event loop
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
     max_tokens = request.max_completion_tokens or request.max_tokens
     params = sampling_params(ctx, request, max_tokens, logprobs, tools.guided() if tools else None)
     sequences = [(prompt_ids, p) for p in params]
-    validate_sequences(ctx, sequences)
-    generation = start_generation(ctx, "chatcmpl", model, [prompt_ids], sequences)
+    generation = await start_generation(ctx, "chatcmpl", model, [prompt_ids], sequences)
     if request.stream:
         return StreamingResponse(event_stream(_stream(ctx, request, tools, generation)), media_type="text/event-stream")
     return await cancel_on_disconnect(raw, _complete(ctx, request, tools, generation))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -15,7 +16,14 @@ import jsonschema
 from fastapi import Request
 from pydantic import BaseModel
 
-from nanovllm_api.async_engine import AsyncEngine, EngineFailed, EngineUnavailable, GenerationStream, QueueFull
+from nanovllm_api.async_engine import (
+    AsyncEngine,
+    EngineFailed,
+    EngineUnavailable,
+    GenerationStream,
+    QueueFull,
+    ReaderStalled,
+)
 from nanovllm_api.chat_template import ChatRenderer
 from nanovllm_api.config import ServerConfig
 from nanovllm_api.errors import (
@@ -43,6 +51,7 @@ from nanovllm_api.protocol import (
 )
 from nanovllm_core.detokenizer import TokenBytes
 from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
+from nanovllm_core.errors import ContextLengthError
 from nanovllm_core.engine.model_runner import SampledToken
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.sampling_params import SamplingParams
@@ -50,6 +59,8 @@ from nanovllm_core.tool_calls import ToolCallParser
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
+# grammar compilations at once; a request waiting for a thread counts it against its timeout
+GRAMMAR_COMPILE_THREADS = 2
 T = TypeVar("T")
 
 
@@ -63,6 +74,11 @@ class ServingContext:
     tool_parser: ToolCallParser | None = None  # likewise, as the default depends on the template
     _renderer: ChatRenderer | None = field(default=None, repr=False)
     _token_bytes: TokenBytes | None = field(default=None, repr=False)
+    _max_prompt_chars: int | None = field(default=None, repr=False)
+    grammar_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(GRAMMAR_COMPILE_THREADS, thread_name_prefix="grammar-compile"),
+        repr=False,
+    )
 
     @property
     def llm(self) -> LLMEngine:
@@ -81,6 +97,31 @@ class ServingContext:
         if self._token_bytes is None:
             self._token_bytes = TokenBytes(self.llm.tokenizer)
         return self._token_bytes
+
+    def check_prompt_chars(self, texts: list[str]) -> None:
+        """Refuse, before tokenizing, text that cannot fit in the context however it is
+        tokenized: no token covers more characters than the vocabulary's longest."""
+        if self._max_prompt_chars is None:
+            longest_token = max(len(piece) for piece in self.llm.tokenizer.get_vocab())
+            self._max_prompt_chars = self.llm.max_model_len * longest_token
+        chars = sum(len(text) for text in texts)
+        if chars > self._max_prompt_chars:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.llm.max_model_len} tokens; the prompt's {chars} "
+                f"characters are more than that many tokens can hold. Please shorten the prompt."
+            )
+
+    async def compile_grammar(self, guided: GuidedDecoding) -> object:
+        """The constraint compiled in the grammar threads, neither on the event loop nor on
+        the engine's; one that takes longer than grammar_compile_timeout is a 400."""
+        work = asyncio.get_running_loop().run_in_executor(self.grammar_pool, self.llm.compile_grammar, guided)
+        timeout = self.config.grammar_compile_timeout
+        try:
+            return await asyncio.wait_for(work, timeout)
+        except asyncio.TimeoutError as error:
+            param = "tools" if guided.kind == "structural_tag" else "response_format"
+            raise BadRequest(f"The constraint did not compile within {timeout:g} s; simplify it.", param=param,
+                             code="grammar_compile_timeout") from error
 
     def check_model(self, name: str | None) -> str:
         if name is None:
@@ -162,18 +203,11 @@ def sampling_params(
     return [SamplingParams(**base, seed=None if request.seed is None else request.seed + i) for i in range(request.n)]
 
 
-def validate_sequences(ctx: ServingContext, sequences: list[tuple[list[int], SamplingParams]]) -> None:
-    """Everything the engine would refuse, refused now (InvalidRequestError, answered with a 400)."""
-    for prompt_ids, params in sequences:
-        ctx.llm.validate(prompt_ids, params)
-
-
-def start_sequences(
-    ctx: ServingContext, request_id: str, sequences: list[tuple[list[int], SamplingParams]]
-) -> GenerationStream:
-    """Submit the sequences now, or refuse with 429 (queue full) / 503 (engine not ready)."""
+@contextlib.contextmanager
+def engine_refusals():
+    """The engine's refusals as API errors: 429 (queue full), 503 (engine not ready)."""
     try:
-        return ctx.engine.generate(request_id, sequences)
+        yield
     except QueueFull as error:
         raise TooManyRequests(str(error), code="queue_full", headers={"Retry-After": RETRY_AFTER_S}) from error
     except EngineUnavailable as error:
@@ -192,11 +226,21 @@ class Generation:
     created: int = field(default_factory=now)
 
 
-def start_generation(
+async def start_generation(
     ctx: ServingContext, prefix: str, model: str, prompts: list[list[int]], sequences: list[tuple[list[int], SamplingParams]]
 ) -> Generation:
+    """Check the sequences (400), the server's capacity (429/503), compile their constraint
+    if any (the n choices share one), then submit them."""
+    for prompt_ids, params in sequences:
+        ctx.llm.validate(prompt_ids, params)
+    with engine_refusals():
+        ctx.engine.check_available(len(sequences))  # before compiling anything
+    guided = sequences[0][1].guided
+    grammar = await ctx.compile_grammar(guided) if guided is not None else None
     request_id = new_id(prefix)
-    return Generation(request_id, model, prompts, sequences, start_sequences(ctx, request_id, sequences))
+    with engine_refusals():  # checked again: other requests may have come in while this one compiled
+        stream = ctx.engine.generate(request_id, sequences, grammar)
+    return Generation(request_id, model, prompts, sequences, stream)
 
 
 async def outputs_of(ctx: ServingContext, generation: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -222,6 +266,8 @@ async def outputs_of(ctx: ServingContext, generation: Generation) -> AsyncIterat
         raise RequestTimeout(f"The request took longer than {timeout} s and was aborted.") from error
     except EngineFailed as error:
         raise InternalError("The engine failed while generating; the request was not completed.") from error
+    except ReaderStalled as error:
+        raise RequestTimeout(f"The request was aborted: {error}.") from error
     finally:
         stream.close()
 

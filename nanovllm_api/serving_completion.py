@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -22,22 +23,24 @@ from nanovllm_api.serving_common import (
     sse,
     start_generation,
     usage,
-    validate_sequences,
 )
 from nanovllm_core.engine.model_runner import SampledToken
 
 DEFAULT_MAX_TOKENS = 16  # as OpenAI's completions endpoint
 
 
-def _prompts(ctx: ServingContext, prompt) -> list[list[int]]:
-    """Text, texts, token ids or lists of token ids, as token-id lists."""
+async def _prompts(ctx: ServingContext, prompt) -> list[list[int]]:
+    """Text, texts, token ids or lists of token ids, as token-id lists (text tokenized off the event loop)."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
         raise BadRequest("prompt must not be empty", param="prompt")
     if all(isinstance(p, int) for p in prompt):
         return [list(prompt)]
-    return [ctx.llm.tokenize(p) if isinstance(p, str) else list(p) for p in prompt]
+    for text in prompt:
+        if isinstance(text, str):
+            ctx.check_prompt_chars([text])
+    return await asyncio.to_thread(lambda: [ctx.llm.tokenize(p) if isinstance(p, str) else list(p) for p in prompt])
 
 
 async def create_completion(request: CompletionRequest, raw: Request, ctx: ServingContext):
@@ -47,13 +50,12 @@ async def create_completion(request: CompletionRequest, raw: Request, ctx: Servi
         raise BadRequest("best_of other than n is not supported", param="best_of")
     if request.echo and request.logprobs is not None:
         raise BadRequest("echo together with logprobs (prompt logprobs) is not supported", param="echo")
-    prompts = _prompts(ctx, request.prompt)
+    prompts = await _prompts(ctx, request.prompt)
     params = sampling_params(ctx, request, request.max_tokens or DEFAULT_MAX_TOKENS, request.logprobs)
     # choice index = prompt index * n + choice within the prompt
     sequences = [(prompt_ids, p) for prompt_ids in prompts for p in params]
-    validate_sequences(ctx, sequences)
     echoes = [ctx.llm.tokenizer.decode(p) if request.echo else "" for p, _ in sequences]
-    generation = start_generation(ctx, "cmpl", model, prompts, sequences)
+    generation = await start_generation(ctx, "cmpl", model, prompts, sequences)
     if request.stream:
         return StreamingResponse(event_stream(_stream(ctx, request, generation, echoes)), media_type="text/event-stream")
     return await cancel_on_disconnect(raw, _complete(ctx, request, generation, echoes))

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from nanovllm_api.serving_common import ServingContext, check_fields
 
 
-def tokenize(request: TokenizeRequest, ctx: ServingContext) -> TokenizeResponse:
+async def tokenize(request: TokenizeRequest, ctx: ServingContext) -> TokenizeResponse:
     ctx.check_model(request.model)
     check_fields(request)
     if (request.prompt is None) == (request.messages is None):
         raise BadRequest("give exactly one of 'prompt' and 'messages'", param="prompt")
-    if request.messages is not None:
-        text = ctx.renderer.render(request.messages, request.add_generation_prompt, None)
-        tokens = ctx.renderer.encode(text)
-    else:
-        tokens = ctx.llm.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+
+    def encode() -> list[int]:
+        if request.messages is not None:
+            return ctx.renderer.encode(ctx.renderer.render(request.messages, request.add_generation_prompt, None))
+        return ctx.llm.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+
+    tokens = await asyncio.to_thread(encode)  # up to the body limit of text: not on the event loop
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.llm.max_model_len, tokens=tokens)
 
 

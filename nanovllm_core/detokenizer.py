@@ -47,47 +47,66 @@ class IncrementalDetokenizer:
 
 
 class StopStringMatcher:
-    """Accumulates text; reports the first stop string and what is safe to emit."""
+    """Finds stop strings in text that arrives in pieces, in time linear in the text:
+    each stop string has an automaton (Knuth-Morris-Pratt) that remembers how much of
+    it the text ends with, so no text is searched twice. What may begin a stop string
+    is held back until it is known not to."""
 
     def __init__(self, stop: list[str], include_stop_str_in_output: bool):
-        self.stop = stop
+        self.automata = [_StopAutomaton(s) for s in stop]
         self.include = include_stop_str_in_output
-        self.text = ""
-        self.emitted = 0  # characters of ``text`` already handed out
+        self.pending = ""  # received, not emitted: it may begin a stop string
 
     def add(self, delta: str) -> tuple[str, str | None]:
         """Append ``delta``; return (text safe to emit now, the stop string hit or None)."""
-        search_from = max(0, len(self.text) - max((len(s) for s in self.stop), default=0) + 1)
-        self.text += delta
-        hit = self._find_stop(search_from)
+        text = self.pending + delta
+        hit: tuple[int, str] | None = None  # (start in text, stop string), the earliest start wins
+        for automaton in self.automata:
+            end = automaton.feed(delta)
+            if end >= 0:
+                start = len(self.pending) + end - len(automaton.stop)  # >= 0: its beginning was held back
+                hit = min(hit, (start, automaton.stop)) if hit else (start, automaton.stop)
         if hit is not None:
-            position, stop = hit
-            self.text = self.text[: position + (len(stop) if self.include else 0)]
-            return self._emit(len(self.text)), stop
-        return self._emit(len(self.text) - self._partial_stop_length()), None
+            start, stop = hit
+            self.pending = ""
+            return text[: start + (len(stop) if self.include else 0)], stop
+        held = max((automaton.matched for automaton in self.automata), default=0)
+        self.pending = text[len(text) - held :]
+        return text[: len(text) - held], None
 
     def finish(self) -> str:
-        return self._emit(len(self.text))
-
-    def _find_stop(self, search_from: int) -> tuple[int, str] | None:
-        hits = [(self.text.find(s, search_from), s) for s in self.stop]
-        hits = [(position, s) for position, s in hits if position >= 0]
-        return min(hits) if hits else None
-
-    def _partial_stop_length(self) -> int:
-        """Length of the longest tail of the text that begins some stop string."""
-        longest = 0
-        for stop in self.stop:
-            for length in range(min(len(stop) - 1, len(self.text)), longest, -1):
-                if stop.startswith(self.text[-length:]):
-                    longest = length
-                    break
-        return longest
-
-    def _emit(self, upto: int) -> str:
-        upto = max(upto, self.emitted)
-        out, self.emitted = self.text[self.emitted : upto], upto
+        out, self.pending = self.pending, ""
         return out
+
+
+class _StopAutomaton:
+    def __init__(self, stop: str):
+        self.stop = stop
+        self.matched = 0  # the longest prefix of ``stop`` the text so far ends with
+        # fallback[i]: the longest proper prefix of stop[: i + 1] that is also its suffix
+        self.fallback = [0] * len(stop)
+        length = 0
+        for i in range(1, len(stop)):
+            while length and stop[i] != stop[length]:
+                length = self.fallback[length - 1]
+            if stop[i] == stop[length]:
+                length += 1
+            self.fallback[i] = length
+
+    def feed(self, text: str) -> int:
+        """Advance over ``text``; return the index in it just past the first complete
+        occurrence of the stop string, or -1."""
+        stop, fallback, matched = self.stop, self.fallback, self.matched
+        for index, char in enumerate(text):
+            while matched and stop[matched] != char:
+                matched = fallback[matched - 1]
+            if stop[matched] == char:
+                matched += 1
+                if matched == len(stop):
+                    self.matched = 0
+                    return index + 1
+        self.matched = matched
+        return -1
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -3,6 +3,7 @@ driven by the official openai client and by httpx."""
 
 import asyncio
 import json
+import socket
 import time
 
 import httpx
@@ -15,12 +16,14 @@ from server_process import assert_openai_error, metric, serve
 
 MODEL = "SmolLM2-135M-Instruct"
 HUNG_S = 120  # long enough to mean "hung", not "slow"
+READ_TIMEOUT_S = 3
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "server", "--dtype", "float32", "--max-num-seqs", "32")
+    yield from serve(tmp_path_factory, "server", "--dtype", "float32", "--max-num-seqs", "32",
+                     "--client-read-timeout", str(READ_TIMEOUT_S))
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +276,29 @@ def test_client_disconnect_frees_its_slot(server, client):
     assert metric(server, "nanovllm_num_requests_running") == 0
     assert metric(server, "nanovllm_kv_cache_usage_ratio") == 0
     assert client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0).choices[0].message.content
+
+
+def test_a_client_that_stops_reading_loses_its_slot(server):
+    """Regression: a client that kept the connection open but stopped reading kept its
+    slot (and every output piled up for it, each holding the full text so far)."""
+    # 16 choices with 20 alternatives a token fill the kernel's socket buffers (up to 4 MB) in seconds
+    body = json.dumps({"messages": FRANCE, "max_tokens": 3000, "n": 16, "ignore_eos": True, "stream": True,
+                       "logprobs": True, "top_logprobs": 20}).encode()
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    silent.connect(("127.0.0.1", server.port))
+    silent.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        deadline = time.monotonic() + HUNG_S
+        while metric(server, "nanovllm_num_requests_running") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # admitted
+        while metric(server, "nanovllm_num_requests_running") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert metric(server, "nanovllm_num_requests_running") == 0  # aborted, the connection still open
+    finally:
+        silent.close()
+    assert metric(server, "nanovllm_kv_cache_usage_ratio") == 0  # and its KV blocks
 
 
 def test_non_streaming_disconnect_aborts_too(server):

@@ -4,6 +4,7 @@ in, the answer is a 2xx or a 4xx in OpenAI's error shape, never a 5xx, never
 a traceback, and the server keeps serving others."""
 
 import json
+import threading
 
 import httpx
 import pytest
@@ -14,6 +15,9 @@ from hypothesis.errors import Unsatisfiable
 from server_process import assert_openai_error, log_text, serve
 
 MAX_MODEL_LEN = 128  # keeps fuzzed generations short
+COMPILE_TIMEOUT_S = 1
+# a 60-byte schema whose grammar takes seconds to compile for SmolLM2's vocabulary (4.4 s on a 2-core EPYC)
+SLOW_SCHEMA = {"type": "string", "pattern": "(([a-z]{1,50} ){1,50}){1,2}"}
 FUZZ_EXAMPLES_PER_OPERATION = 20
 HI = [{"role": "user", "content": "hi"}]
 
@@ -21,7 +25,7 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     servers = serve(tmp_path_factory, "bad-input", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "8",
-                    "--request-timeout", "30")
+                    "--request-timeout", "30", "--grammar-compile-timeout", str(COMPILE_TIMEOUT_S))
     process = next(servers)
     yield process
     next(servers, None)  # stops it, asserting a clean exit
@@ -80,6 +84,9 @@ FIELD_CASES = [
     ({"prompt": "x", "min_tokens": 10**12, "max_tokens": 1}, "min_tokens"),
     ({"prompt": "x", "stop_token_ids": [-5]}, "stop_token_ids"),
     ({"prompt": "x", "logit_bias": {"99999999": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {str(t): 1 for t in range(301)}}, "logit_bias"),
+    ({"prompt": "x", "stop": ["z" * 4097]}, "stop"),
+    ({"prompt": "x", "stop_token_ids": list(range(1025))}, "stop_token_ids"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user"}], "n": 0}, "n"),
     ({"messages": [{"content": "no role"}]}, "messages"),
@@ -118,6 +125,35 @@ def test_empty_message_content_still_answers(server):
 def test_unknown_routes_and_methods_answer_in_openai_shape(server):
     assert_openai_error(httpx.get(f"{server.url}/v1/nothing-here"), 404, "not_found_error")
     assert_openai_error(httpx.get(f"{server.url}/v1/completions"), 405, "invalid_request_error")
+
+
+def test_a_slow_grammar_is_refused_and_blocks_no_one(server):
+    """Regression: constraints compiled on the event loop with no limit; one schema held
+    every stream, /health and 429 for as long as it compiled."""
+    body = {"messages": HI, "max_tokens": 8, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "slow", "schema": SLOW_SCHEMA}}}
+    outcome = {}
+    compile_request = threading.Thread(target=lambda: outcome.setdefault(
+        "response", httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)))
+    compile_request.start()
+    health_answers = 0
+    while compile_request.is_alive():
+        health_answers += httpx.get(f"{server.url}/health", timeout=120).status_code == 200
+    compile_request.join()
+    assert_clean_error(outcome["response"], 400, contains="did not compile within 1 s")
+    assert outcome["response"].json()["error"]["code"] == "grammar_compile_timeout"
+    assert health_answers >= 3  # answered all along (on the event loop it answered only after)
+
+
+def test_a_huge_prompt_is_refused_before_it_is_tokenized(server):
+    """Regression: chat rendering and tokenizing ran on the event loop, for any size."""
+    words = "word " * 400_000  # 2 MB: far more characters than 128 tokens can hold
+    chat = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                      json={"messages": [{"role": "user", "content": words}], "max_tokens": 2})
+    completion = httpx.post(f"{server.url}/v1/completions", json={"prompt": words, "max_tokens": 2}, timeout=60)
+    for response in (chat, completion):
+        assert_clean_error(response, 400, contains="characters are more than that many tokens can hold")
+        assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
 def test_server_still_serves_after_bad_input(server):

@@ -1,5 +1,7 @@
 """Block manager, detokenizer, stop strings and configuration, on their own."""
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,6 @@ def test_stop_string_never_leaks_even_partly():
         if hit:
             break
     assert emitted == ["Hello ", "", "", ""] and hit == "STOP"
-    assert matcher.text == "Hello "
 
 
 def test_held_back_text_is_released_when_no_stop_follows():
@@ -45,6 +46,32 @@ def test_held_back_text_is_released_when_no_stop_follows():
     assert matcher.add("AR") == ("STAR", None)
     assert matcher.add("S") == ("", None)
     assert matcher.finish() == "S"
+
+
+def test_stop_strings_match_like_a_search_of_the_whole_text():
+    """The automata against str.find over all the text so far after each piece: random
+    texts over a tiny alphabet (many overlaps), random pieces, several stop strings."""
+    rng = random.Random(0)
+    for _ in range(1000):
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 3))]
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+        include = rng.random() < 0.5
+        cuts = sorted(set(rng.sample(range(1, len(text) + 1), k=min(len(text), rng.randint(1, 8)))) | {len(text)})
+        matcher = StopStringMatcher(stops, include)
+        emitted, hit, expected, previous = "", None, None, 0
+        for cut in cuts:
+            out, hit = matcher.add(text[previous:cut])
+            emitted += out
+            previous = cut
+            so_far = text[:cut]
+            found = [(so_far.find(s), s) for s in stops if s in so_far]
+            if found:
+                start, stop = min(found)
+                expected = (so_far[: start + (len(stop) if include else 0)], stop)
+                break
+        if hit is None:
+            emitted += matcher.finish()
+        assert (emitted, hit) == (expected or (text, None)), (stops, text, cuts)
 
 
 def test_config_precedence(tmp_path, monkeypatch):

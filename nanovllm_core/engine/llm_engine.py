@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass, field, replace
 
 from transformers import GenerationConfig
@@ -25,18 +24,18 @@ from nanovllm_core.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 SEED_MASK = (1 << 63) - 1
-GRAMMAR_CACHE_SIZE = 128  # compiled constraints kept, for clients that repeat a schema
 
 
 @dataclass
 class RequestOutput:
-    """What one step produced for one request."""
+    """What one step produced for one request: the new tokens and text, and on the
+    final output only, all of them (a stream of full values would cost O(n^2))."""
 
     request_id: str
     new_token_ids: list[int]
     new_text: str  # never part of a stop string or of a UTF-8 character
-    output_token_ids: list[int]
-    text: str  # everything emitted so far
+    output_token_ids: list[int]  # every output token, on the final output; empty before
+    text: str  # everything emitted, on the final output; empty before
     finished: bool
     finish_reason: str | None  # "stop", "length" or "abort"
     stop_reason: str | int | None  # the stop string or stop token that ended it
@@ -52,7 +51,8 @@ class RequestState:
         self.seq = seq
         self.detokenizer = detokenizer
         self.stops = StopStringMatcher(seq.params.stop, seq.params.include_stop_str_in_output)
-        self.text = ""
+        self.stop_token_ids = frozenset(seq.params.stop_token_ids)
+        self.pieces: list[str] = []  # the emitted text, joined once at the end
 
 
 class LLMEngine:
@@ -70,7 +70,7 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self._seeds = random.Random(config.seed)
         self._grammar_backend: GrammarBackend | None = None  # built on the first constrained request
-        self._compile_grammar: Callable[[GuidedDecoding], object] | None = None
+        self._grammar_backend_lock = threading.Lock()
 
     def _fit_max_model_len_to_cache(self) -> None:
         """A sequence longer than the whole KV cache could never run: an explicit
@@ -102,15 +102,20 @@ class LLMEngine:
                 ids.update(candidate)
         return ids
 
+    def grammar_backend(self) -> GrammarBackend:
+        """The engine's grammar backend, built on first use (from any thread)."""
+        with self._grammar_backend_lock:
+            if self._grammar_backend is None:
+                if self.tokenizer is None:
+                    raise InvalidRequestError("structured outputs need the tokenizer (skip_tokenizer_init is set)")
+                backend_cls = plugins.grammar_backends().get(self.config.grammar_backend)
+                self._grammar_backend = backend_cls(self.tokenizer, self.vocab_size)
+            return self._grammar_backend
+
     def compile_grammar(self, guided: GuidedDecoding) -> object:
-        """Compile (or fetch from the cache) a constraint; InvalidRequestError if it is bad."""
-        if self._compile_grammar is None:
-            if self.tokenizer is None:
-                raise InvalidRequestError("structured outputs need the tokenizer (skip_tokenizer_init is set)")
-            backend = plugins.grammar_backends().get(self.config.grammar_backend)(self.tokenizer, self.vocab_size)
-            self._grammar_backend = backend
-            self._compile_grammar = functools.lru_cache(maxsize=GRAMMAR_CACHE_SIZE)(backend.compile)
-        return self._compile_grammar(guided)
+        """Compile a constraint (the backend caches repeats); InvalidRequestError if it is bad.
+        Thread-safe, and slow for some grammars: a server runs it off the engine thread."""
+        return self.grammar_backend().compile(guided)
 
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         if not isinstance(prompt, str):
@@ -120,16 +125,12 @@ class LLMEngine:
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
-        """Check that the request can run; return its max_tokens. Raises ValueError."""
+        """Check that the request can run; return its max_tokens. Raises ValueError.
+        Cheap: the grammar, if any, is compiled by ``compile_grammar``."""
         params.validate()
-        if params.guided is not None:
-            self.compile_grammar(params.guided)
         num_prompt = len(prompt_token_ids)
         if num_prompt == 0:
             raise InvalidRequestError("the prompt is empty", param="prompt")
-        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidRequestError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}", param="prompt")
         max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - num_prompt
         if num_prompt + max_tokens > self.max_model_len or max_tokens < 1:
             raise ContextLengthError(
@@ -143,9 +144,15 @@ class LLMEngine:
                 f"the request needs {needed} KV-cache blocks but the cache has only "
                 f"{self.block_manager.num_blocks}; raise kv_cache_memory_gb or shorten the request"
             )
+        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]  # after the length check bounds it
+        if bad:
+            raise InvalidRequestError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}", param="prompt")
         return max_tokens
 
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
+    def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams, grammar: object | None = None
+    ) -> Sequence:
+        """``grammar``: ``params.guided`` compiled already (by a server, off this thread); else compiled here."""
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_token_ids = self.tokenize(prompt)
@@ -155,7 +162,8 @@ class LLMEngine:
         seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
         seq = Sequence(request_id, prompt_token_ids, params, seed & SEED_MASK)
         if params.guided is not None:
-            seq.grammar = self._grammar_backend.matcher(self.compile_grammar(params.guided))
+            compiled = grammar if grammar is not None else self.compile_grammar(params.guided)
+            seq.grammar = self.grammar_backend().matcher(compiled)
         detokenizer = (
             IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
             if self.tokenizer is not None else None
@@ -203,11 +211,12 @@ class LLMEngine:
         params = seq.params
         if seq.grammar is not None:
             seq.grammar.accept(token)  # the mask allowed only tokens it accepts
-        ends_on_token = token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos)
+        stop_token = token in state.stop_token_ids
+        ends_on_token = stop_token or (token in self.eos_token_ids and not params.ignore_eos)
         detokenizer = state.detokenizer
         delta = "" if ends_on_token or detokenizer is None else detokenizer.add([token])
         if ends_on_token:
-            seq.finish("stop", token if token in params.stop_token_ids else None)
+            seq.finish("stop", token if stop_token else None)
         elif seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
             seq.finish("length")
         elif seq.grammar is not None and seq.grammar.is_terminated():
@@ -219,13 +228,13 @@ class LLMEngine:
             seq.finish("stop", stop_string)
         elif seq.is_finished:
             emitted += state.stops.finish()
-        state.text += emitted
+        state.pieces.append(emitted)
         return RequestOutput(
             request_id=seq.request_id,
             new_token_ids=[token],
             new_text=emitted,
-            output_token_ids=seq.output_token_ids,
-            text=state.text,
+            output_token_ids=seq.output_token_ids if seq.is_finished else [],
+            text="".join(state.pieces) if seq.is_finished else "",
             finished=seq.is_finished,
             finish_reason=seq.finish_reason,
             stop_reason=seq.stop_reason,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 from nanovllm_core.grammar import GrammarMatcher
 from nanovllm_core.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from nanovllm_core.sampling import RowCache
 
 
 class SequenceStatus(Enum):
@@ -32,6 +36,7 @@ class Sequence:
         self.arrival_time = time.monotonic()
         self.num_preemptions = 0
         self.grammar: GrammarMatcher | None = None  # set for structured outputs
+        self.sampling_cache: RowCache | None = None  # the sampler's tensors for this sequence, built on first use
 
     def __len__(self) -> int:
         return len(self.token_ids)

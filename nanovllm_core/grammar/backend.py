@@ -50,7 +50,9 @@ class GrammarBackend(ABC):
 
     @abstractmethod
     def compile(self, guided: GuidedDecoding) -> object:
-        """A compiled grammar; raise ``InvalidRequestError`` for a bad spec."""
+        """A compiled grammar; raise ``InvalidRequestError`` for a bad spec. Called from
+        worker threads, concurrently; a backend caches repeated constraints itself, within
+        a bounded number of bytes."""
 
     @abstractmethod
     def matcher(self, compiled: object) -> GrammarMatcher: ...

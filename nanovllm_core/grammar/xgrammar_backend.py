@@ -16,6 +16,9 @@ import xgrammar as xgr
 from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar.backend import GrammarBackend, GrammarMatcher, GuidedDecoding
 
+# compiled grammars xgrammar keeps for repeated constraints; one complex schema can take ~30 MB
+COMPILE_CACHE_BYTES = 128 << 20
+
 
 class XGrammarMatcher(GrammarMatcher):
     def __init__(self, backend: XGrammarBackend, compiled: xgr.CompiledGrammar):
@@ -35,7 +38,8 @@ class XGrammarMatcher(GrammarMatcher):
 class XGrammarBackend(GrammarBackend):
     def __init__(self, tokenizer, vocab_size: int):
         self.vocab_size = vocab_size
-        self._compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size))
+        self._compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size),
+                                             cache_limit_bytes=COMPILE_CACHE_BYTES)
 
     def compile(self, guided: GuidedDecoding) -> xgr.CompiledGrammar:
         try:
