@@ -58,14 +58,28 @@ def _llama3_inv_freq(head_dim: int, base: float, scaling: dict[str, Any]) -> tor
 _shared_ropes: dict[tuple, RotaryEmbedding] = {}
 
 
-def get_rope(head_dim: int, max_position: int, base: float, rope_scaling: dict[str, Any] | None) -> RotaryEmbedding:
-    """Rotary embedding for a HF config's ``rope_theta`` / ``rope_scaling``, shared between layers."""
+def get_rope(
+    head_dim: int,
+    max_position: int,
+    base: float,
+    rope_scaling: dict[str, Any] | None,
+    freq_factors: list[float] | None = None,
+) -> RotaryEmbedding:
+    """Rotary embedding for a HF config's ``rope_theta`` / ``rope_scaling``, shared between layers.
+    ``freq_factors`` divide the frequencies one by one: GGUF's ``rope_freqs`` tensor, which is
+    how llama.cpp's files carry Llama 3's scaling (``rope_freq_factors`` on a GGUF's config)."""
     kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
     if kind not in ("default", "llama3"):
         raise NotImplementedError(f"rope_scaling type {kind!r} is not supported (supported: default, llama3)")
-    key = (head_dim, max_position, base, kind, _freeze(rope_scaling), str(torch.get_default_device()))
+    key = (head_dim, max_position, base, kind, _freeze(rope_scaling), _freeze(freq_factors),
+           str(torch.get_default_device()))
     if key not in _shared_ropes:
-        inv_freq = _llama3_inv_freq(head_dim, base, rope_scaling) if kind == "llama3" else None
+        if kind == "llama3":
+            inv_freq = _llama3_inv_freq(head_dim, base, rope_scaling)
+        else:
+            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        if freq_factors is not None:
+            inv_freq = inv_freq / torch.tensor(freq_factors, dtype=torch.float32)
         _shared_ropes[key] = RotaryEmbedding(head_dim, max_position, base, inv_freq)
     return _shared_ropes[key]
 

@@ -32,6 +32,8 @@ GGUF_TO_HF = {
     "blk.N.ffn_down.weight": "model.layers.N.mlp.down_proj.weight",
 }
 LAYER_NUMBER = re.compile(r"^blk\.(\d+)\.")
+# not weights: read into the model's config by ``gguf_config_extras``
+CONFIG_TENSORS = {"rope_freqs.weight"}
 
 
 def hf_name(gguf_name: str) -> str:
@@ -54,17 +56,27 @@ def unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
     )
 
 
+def gguf_config_extras(path: Path) -> dict:
+    """Config settings a GGUF file carries as tensors: Llama 3's per-frequency RoPE
+    divisors (``rope_freqs``), which transformers' GGUF reader leaves out."""
+    for tensor in GGUFReader(path).tensors:
+        if tensor.name == "rope_freqs.weight":
+            return {"rope_freq_factors": dequantize(tensor.data, tensor.tensor_type).astype(np.float32).tolist()}
+    return {}
+
+
 def gguf_weights(path: Path, config) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
     """The number of tensors, and an iterator over them."""
     reader = GGUFReader(path)
-    return len(reader.tensors), _iterate(reader, config)
+    weights = [t for t in reader.tensors if t.name not in CONFIG_TENSORS]
+    return len(weights), _iterate(weights, config)
 
 
-def _iterate(reader: GGUFReader, config) -> Iterator[tuple[str, torch.Tensor]]:
+def _iterate(tensors: list, config) -> Iterator[tuple[str, torch.Tensor]]:
     # llama.cpp permutes q/k for the Llama architecture only
     permute = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
     needs_unpermute = config.model_type == "llama"
-    for tensor in reader.tensors:
+    for tensor in tensors:
         array = dequantize(tensor.data, tensor.tensor_type)
         kind = tensor.name.split(".")[-2] if tensor.name.startswith("blk.") else ""
         if needs_unpermute and kind in permute and tensor.name.endswith(".weight"):

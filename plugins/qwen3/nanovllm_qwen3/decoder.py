@@ -41,6 +41,7 @@ class DecoderAttention(nn.Module):
             config.max_position_embeddings,
             getattr(config, "rope_theta", None) or _rope_parameter(config, "rope_theta", 10000.0),
             _rope_scaling(config),
+            getattr(config, "rope_freq_factors", None),
         )
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads)
         if qk_norm:
