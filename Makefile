@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve run test bench clean
+.PHONY: install serve run test test-long bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ run: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the soak at 2,000 requests instead of CI's 96 (about 10 minutes on 2 cores)
+test-long: install
+	NANOVLLM_SOAK_REQUESTS=2000 $(PY) -m pytest -q -s tests/test_reliability.py -k soak $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/offline_throughput.py

@@ -265,7 +265,7 @@ async def _concurrent_vs_sequential(server, aclient):
 
 def test_client_disconnect_frees_its_slot(server, client):
     body = {"messages": FRANCE, "max_tokens": 3000, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as response:
         lines = response.iter_lines()
         for _ in range(5):
             next(lines)
@@ -318,7 +318,7 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 
 
 def post(server, path, body=None, **kwargs):
-    return httpx.post(f"{server.url}{path}", json=body, timeout=30, **kwargs)
+    return httpx.post(f"{server.url}{path}", json=body, timeout=HUNG_S, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -400,7 +400,7 @@ def test_api_key_is_required_on_v1_but_not_health(guarded_server):
 def test_queue_limit_answers_429_fast(guarded_server):
     headers = {"Authorization": "Bearer sk-test"}
     body = {"messages": FRANCE, "max_tokens": 400, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", f"{guarded_server.url}/v1/chat/completions", json=body, headers=headers, timeout=60) as busy:
+    with httpx.stream("POST", f"{guarded_server.url}/v1/chat/completions", json=body, headers=headers, timeout=120) as busy:
         lines = busy.iter_lines()  # kept: dropping the iterator closes the connection
         next(lines)
         rejected = httpx.post(f"{guarded_server.url}/v1/chat/completions", json={"messages": FRANCE}, headers=headers)

@@ -34,7 +34,7 @@ def server(tmp_path_factory):
 
 def post_raw(server, path: str, content: bytes, content_type: str | None = "application/json") -> httpx.Response:
     headers = {"content-type": content_type} if content_type else {}
-    return httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=60)
+    return httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=120)
 
 
 def assert_clean_error(response: httpx.Response, status: int, contains: str = "") -> None:
@@ -97,7 +97,7 @@ FIELD_CASES = [
 @pytest.mark.parametrize("body,param", FIELD_CASES, ids=[json.dumps(b)[:60] for b, _ in FIELD_CASES])
 def test_out_of_range_values_are_400_naming_the_field(server, body, param):
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-    response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    response = httpx.post(f"{server.url}{path}", json=body, timeout=120)
     assert_clean_error(response, 400)
     if param:
         assert response.json()["error"]["param"] == param
@@ -118,7 +118,7 @@ def test_one_token_prompt_and_the_exact_context_limit(server):
 
 def test_empty_message_content_still_answers(server):
     response = httpx.post(f"{server.url}/v1/chat/completions",
-                          json={"messages": [{"role": "user", "content": ""}], "max_tokens": 2}, timeout=60)
+                          json={"messages": [{"role": "user", "content": ""}], "max_tokens": 2}, timeout=120)
     assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("length", "stop")
 
 
@@ -148,16 +148,16 @@ def test_a_slow_grammar_is_refused_and_blocks_no_one(server):
 def test_a_huge_prompt_is_refused_before_it_is_tokenized(server):
     """Regression: chat rendering and tokenizing ran on the event loop, for any size."""
     words = "word " * 400_000  # 2 MB: far more characters than 128 tokens can hold
-    chat = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+    chat = httpx.post(f"{server.url}/v1/chat/completions", timeout=120,
                       json={"messages": [{"role": "user", "content": words}], "max_tokens": 2})
-    completion = httpx.post(f"{server.url}/v1/completions", json={"prompt": words, "max_tokens": 2}, timeout=60)
+    completion = httpx.post(f"{server.url}/v1/completions", json={"prompt": words, "max_tokens": 2}, timeout=120)
     for response in (chat, completion):
         assert_clean_error(response, 400, contains="characters are more than that many tokens can hold")
         assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
 def test_server_still_serves_after_bad_input(server):
-    response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": HI, "max_tokens": 3}, timeout=60)
+    response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": HI, "max_tokens": 3}, timeout=120)
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
 
 
@@ -176,7 +176,7 @@ def test_fuzzing_every_endpoint_from_the_openapi_schema(server, mode):
                   suppress_health_check=list(HealthCheck))
         @given(case=op.as_strategy(generation_mode=mode))
         def fuzz(case):
-            response = case.call(base_url=server.url, timeout=60)
+            response = case.call(base_url=server.url, timeout=120)
             statuses.setdefault(name, set()).add(response.status_code)
             assert response.status_code < 500, (case.body, response.text)
             assert "Traceback" not in response.text

@@ -162,8 +162,9 @@ FLOAT32_BYTES_PER_TOKEN = 2 * 30 * 3 * 64 * 4  # K and V, SmolLM2's 30 layers of
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
     kv_gb = (KV_TOKENS + 8) * FLOAT32_BYTES_PER_TOKEN / 1024**3
+    # max_model_len is left at its default: the server caps it to the 512 tokens the cache holds
     yield from serve(tmp_path_factory, "small", "--dtype", "float32", "--max-num-seqs", "4", "--max-queued-requests", "4",
-                     "--max-model-len", "1024", "--kv-cache-memory-gb", f"{kv_gb:.6f}")
+                     "--kv-cache-memory-gb", f"{kv_gb:.6f}")
 
 
 def prompt_of(index: int, words: int) -> str:
@@ -196,7 +197,7 @@ import httpx
 
 async def main(url, waves, per_wave):
     results = []
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=per_wave)) as http:
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=per_wave)) as http:
         async def one():
             start = time.monotonic()
             response = await http.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 4})
@@ -279,8 +280,8 @@ def test_memory_pressure_preempts_and_resumes_without_dropping(small_server):
 def test_a_request_that_can_never_fit_is_refused_up_front(small_server):
     body = {"prompt": prompt_of(7, 75), "max_tokens": 600, "ignore_eos": True}
     response = httpx.post(f"{small_server.url}/v1/completions", json=body)
-    assert_openai_error(response, 400, "invalid_request_error", code="context_length_exceeded", contains="KV-cache blocks")
-    assert "the cache has only 32" in response.json()["error"]["message"]
+    assert_openai_error(response, 400, "invalid_request_error", code="context_length_exceeded",
+                        contains="maximum context length is 512 tokens")
 
 
 # faults and shutdown
@@ -293,9 +294,9 @@ def test_engine_fault_fails_requests_cleanly_and_exits_non_zero(tmp_path):
     body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 200, "ignore_eos": True}
     blocking: dict = {}
     waiting = threading.Thread(target=lambda: blocking.setdefault(
-        "response", httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)))
+        "response", httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)))
     waiting.start()
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as streamed:
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as streamed:
         events = list(sse_events(streamed.iter_lines()))
     waiting.join()
     health = httpx.get(f"{server.url}/health")

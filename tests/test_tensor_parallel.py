@@ -87,11 +87,11 @@ def test_server_with_tp2_streams_and_fails_safe_when_a_worker_dies(qwen3, tmp_pa
         failed = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
         assert failed.status_code == 503 and failed.json()["error"]["type"] == "service_unavailable_error"
         # a server whose engine died exits non-zero by itself, so a supervisor restarts it
-        assert server.process.wait(timeout=60) != 0
+        assert server.process.wait(timeout=120) != 0
     finally:
         if server.process.poll() is None:
             server.process.send_signal(signal.SIGTERM)
-            server.process.wait(timeout=60)
+            server.process.wait(timeout=120)
     assert not any("spawn_main" in " ".join(p.cmdline()) for p in psutil.process_iter() if p.pid != psutil.Process().pid
                    and _safe_ppid(p) == server.process.pid)
 

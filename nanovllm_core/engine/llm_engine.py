@@ -138,12 +138,6 @@ class LLMEngine:
                 f"{num_prompt + max(max_tokens, 1)} tokens ({num_prompt} in the prompt, "
                 f"{max(max_tokens, 1)} for the completion). Please reduce the prompt or the completion length."
             )
-        needed = self.block_manager.blocks_needed(num_prompt + max_tokens)
-        if needed > self.block_manager.num_blocks:
-            raise ContextLengthError(
-                f"the request needs {needed} KV-cache blocks but the cache has only "
-                f"{self.block_manager.num_blocks}; raise kv_cache_memory_gb or shorten the request"
-            )
         bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]  # after the length check bounds it
         if bad:
             raise InvalidRequestError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}", param="prompt")
