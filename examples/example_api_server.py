@@ -1,35 +1,49 @@
-"""Chat, completion and streaming against a running nanovllm server, with the official openai client.
+"""Chat, completion and streaming against a running nanovllm server, with the official
+openai client: the examples of the original nanovllm server's README, unchanged.
 
-Start the server first (`make serve`, or `nanovllm-api --port 8000`), then:
-    python examples/example_api_server.py [--base-url http://127.0.0.1:8000/v1] [--api-key KEY]
+Start the server first, as that README does (any model name is accepted there):
+    python -m nanovllm.entrypoints.api_server --model /path/to/model
+then:
+    python examples/example_api_server.py [--base-url http://localhost:8000/v1] [--model qwen] [--api-key KEY]
+
+Against `nanovllm-api` (which answers unknown model names with 404), pass --model
+with a served name (`curl localhost:8000/v1/models`), or start it with --accept-any-model-name.
 """
 
 import argparse
 
-from openai import OpenAI
+import openai
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
-parser.add_argument("--api-key", default="none", help="the server's --api-key, if it has one")
+parser.add_argument("--base-url", default="http://localhost:8000/v1")
+parser.add_argument("--model", default="qwen", help="the model name to send")
+parser.add_argument("--api-key", default="dummy", help="the server's --api-key, if it has one")
 args = parser.parse_args()
 
-client = OpenAI(base_url=args.base_url, api_key=args.api_key)
-model = client.models.list().data[0].id
-print(f"model: {model}\n")
+client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key)
 
-reply = client.chat.completions.create(
-    model=model, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0
+# Chat Completions
+response = client.chat.completions.create(
+    model=args.model,
+    messages=[
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    max_tokens=100,
+    temperature=0.7,
 )
-print("chat:", reply.choices[0].message.content, f"({reply.usage.completion_tokens} tokens)")
+print("chat:", response.choices[0].message.content)
 
-completion = client.completions.create(model=model, prompt="The three primary colours are", max_tokens=20, temperature=0)
-print("completion:", completion.choices[0].text)
+# Text Completions
+response = client.completions.create(model=args.model, prompt="Once upon a time,", max_tokens=50, temperature=0.7)
+print("completion:", response.choices[0].text)
 
+# Streaming
 print("streaming: ", end="", flush=True)
 stream = client.chat.completions.create(
-    model=model, messages=[{"role": "user", "content": "Write a haiku about the sea."}], temperature=0.7, seed=1, stream=True
+    model=args.model, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=100, stream=True
 )
 for chunk in stream:
-    if chunk.choices and chunk.choices[0].delta.content:
+    if chunk.choices[0].delta.content:
         print(chunk.choices[0].delta.content, end="", flush=True)
 print()

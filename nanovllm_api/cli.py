@@ -42,14 +42,14 @@ def _argument_options(annotation: Any) -> dict[str, Any]:
     return {}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config_cls: type[ServerConfig] = ServerConfig, prog: str = "nanovllm-api") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nanovllm-api",
+        prog=prog,
         description="Serve an LLM over the OpenAI-compatible API (chat, completions, streaming).",
         epilog="Every setting can also come from NANOVLLM_<SETTING> or the --config file.",
         argument_default=argparse.SUPPRESS,
     )
-    for name, field in ServerConfig.model_fields.items():
+    for name, field in config_cls.model_fields.items():
         flag = FLAG_ALIASES.get(name, "--" + name.replace("_", "-"))
         default = field.default_factory() if field.default_factory else field.default
         help_text = f"{field.description} (default: {default})"
@@ -74,15 +74,15 @@ def format_plugins() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = vars(build_parser().parse_args(argv))
+def main(argv: list[str] | None = None, config_cls: type[ServerConfig] = ServerConfig, prog: str = "nanovllm-api") -> None:
+    args = vars(build_parser(config_cls, prog).parse_args(argv))
     if args.pop("list_plugins"):
         print(format_plugins())
         return
     from nanovllm_api.server import run_server
 
     try:
-        config = ServerConfig(**args)
+        config = config_cls(**args)
     except ValueError as error:
-        sys.exit(f"nanovllm-api: {error}")
+        sys.exit(f"{prog}: {error}")
     run_server(config=config)

@@ -12,11 +12,16 @@ from nanovllm_core.config import EngineConfig
 
 class ServerConfig(EngineConfig):
     host: str = Field(
-        "127.0.0.1", description="Address to bind. The default keeps the server local; 0.0.0.0 exposes it on every interface."
+        "127.0.0.1", description="Address to bind. The default keeps a fresh start off the network (the original "
+        "nanovllm server bound 0.0.0.0); --host 0.0.0.0 serves other machines too."
     )
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
     served_model_name: list[str] | None = Field(
         None, description="Names clients use in `model`; the first is reported. Default: the model's name."
+    )
+    accept_any_model_name: bool = Field(
+        False, description="Serve a request whatever `model` it names, echoing that name, as llama.cpp's server "
+        "and the original nanovllm server do; off: an unknown name gets vLLM's 404."
     )
     chat_template: str | None = Field(
         None, description="A registered template name or a Jinja file path; default: the model's own template."

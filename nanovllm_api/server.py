@@ -18,13 +18,16 @@ from nanovllm_api.config import ServerConfig
 logger = logging.getLogger(__name__)
 
 
-def run_server(model: str | None = None, config: ServerConfig | None = None, **settings: Any) -> None:
+def run_server(
+    model: str | None = None, config: ServerConfig | None = None, config_cls: type[ServerConfig] = ServerConfig,
+    **settings: Any,
+) -> None:
     """Serve until interrupted. ``settings`` are any ServerConfig fields
     (host, port, max_num_seqs, api_key, ...); or pass a ready ``config``."""
     if config is None:
         if model is not None:
             settings["model"] = model
-        config = ServerConfig(**settings)
+        config = config_cls(**settings)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work_unless_rank_zero(config)
     if config.host in ("0.0.0.0", "::"):

@@ -126,7 +126,7 @@ class ServingContext:
     def check_model(self, name: str | None) -> str:
         if name is None:
             return self.model_names[0]
-        if name not in self.model_names:
+        if name not in self.model_names and not self.config.accept_any_model_name:
             raise NotFound(f"The model '{name}' does not exist. Served: {', '.join(self.model_names)}.",
                            param="model", code="model_not_found")
         return name

@@ -54,6 +54,16 @@ def test_bad_settings_exit_with_a_message():
     assert "Traceback" not in result.stderr
 
 
+def test_only_the_original_entry_point_accepts_any_model_name():
+    """nanovllm-api keeps vLLM's 404 for unknown names (tests/test_api.py); the original
+    server's entry point answers any name, as that server did."""
+    from nanovllm.entrypoints.api_server import CompatServerConfig
+
+    assert _config([]).accept_any_model_name is False
+    assert CompatServerConfig().accept_any_model_name is True
+    assert _config(["--accept-any-model-name"]).accept_any_model_name is True
+
+
 def test_nano_vllm_aliases():
     import nanovllm
     from nanovllm_core import LLM, SamplingParams
