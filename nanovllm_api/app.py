@@ -13,8 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from nanovllm_api import serving_chat, serving_completion, serving_models, serving_tokenize
-from nanovllm_api.async_engine import AsyncEngine, EngineState
 from nanovllm_api.chat_template import resolve_chat_template
+from nanovllm_api.chat_tools import resolve_parser
 from nanovllm_api.config import ServerConfig
 from nanovllm_api.errors import RequestTooLarge, Unauthorized, error_body, install_error_handlers
 from nanovllm_api.metrics import Metrics
@@ -24,9 +24,10 @@ from nanovllm_api.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
-from nanovllm_api.serving_common import ServingContext
-from nanovllm_api.tool_use import resolve_parser
+from nanovllm_api.serving_context import ServingContext
 from nanovllm_core import __version__
+from nanovllm_core.engine.async_llm import AsyncLLM
+from nanovllm_core.engine_client import EngineClient, EngineState
 from nanovllm_core.loader import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,14 @@ class BodySizeLimit:
         await response({"type": "http"}, None, send)
 
 
+def build_engine_client(config: ServerConfig) -> EngineClient:
+    """The one place the server picks its engine: in-process, on a thread."""
+    return AsyncLLM(config, config.max_queued_sequences, config.client_read_timeout, config.grammar_compile_timeout)
+
+
 def build_app(config: ServerConfig) -> FastAPI:
     source = resolve_model(config.model)
-    engine = AsyncEngine(config, config.max_queued_requests, config.client_read_timeout)
+    engine = build_engine_client(config)
     ctx = ServingContext(
         config=config,
         engine=engine,
@@ -80,7 +86,7 @@ def build_app(config: ServerConfig) -> FastAPI:
 
     async def finish_loading() -> None:
         if await asyncio.to_thread(engine.wait_ready):
-            ctx.chat_template = resolve_chat_template(config.chat_template, engine.engine.tokenizer)
+            ctx.chat_template = resolve_chat_template(config.chat_template, engine.model_info.tokenizer)
             ctx.tool_parser = resolve_parser(config.tool_call_parser, ctx.chat_template)
             logger.info("tool-call parser: %s", type(ctx.tool_parser).__name__)
 
@@ -92,12 +98,10 @@ def build_app(config: ServerConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.on_failure = on_engine_failure
-        engine.start(asyncio.get_running_loop())
+        engine.start(asyncio.get_running_loop(), on_engine_failure)
         loading = asyncio.create_task(finish_loading())  # serve /health (503) while the model loads
         yield
         loading.cancel()
-        ctx.grammar_pool.shutdown(wait=False, cancel_futures=True)
         engine.stop()
 
     app = FastAPI(

@@ -11,10 +11,10 @@ from jinja2 import TemplateError
 
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import ChatMessage
-from nanovllm_api.protocol import ToolCall as ToolCallMessage
+from nanovllm_api.protocol import ToolCall
 from nanovllm_core import plugins
 from nanovllm_core.registry import UnknownImplementationError
-from nanovllm_core.tool_calls import Tool, ToolCall, ToolCallParser
+from nanovllm_core.tool_calls import ParsedToolCall, Tool, ToolCallParser
 from nanovllm_core.tool_calls.tagged_json import function_json
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class ChatRenderer:
                     for call, args in zip(message.tool_calls, arguments)
                 ]
             else:
-                calls = [ToolCall(call.function.name, call.function.arguments) for call in message.tool_calls]
+                calls = [ParsedToolCall(call.function.name, call.function.arguments) for call in message.tool_calls]
                 written = self.tool_parser.format_calls(calls)
                 rendered["content"] = "\n".join(part for part in (rendered["content"], written) if part)
         return rendered
@@ -97,7 +97,7 @@ class ChatRenderer:
         return self.tokenizer.encode(prompt, add_special_tokens=False)
 
 
-def _arguments(index: int, call: ToolCallMessage) -> Any:
+def _arguments(index: int, call: ToolCall) -> Any:
     try:
         return json.loads(call.function.arguments)
     except ValueError as error:

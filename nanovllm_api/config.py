@@ -31,7 +31,7 @@ class ServerConfig(EngineConfig):
         "default: hermes if the chat template renders tool calls, else smollm2."
     )
     api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1/* (also NANOVLLM_API_KEY).")
-    max_queued_requests: int = Field(
+    max_queued_sequences: int = Field(
         256, ge=0, description="Sequences that may wait beyond max_num_seqs; more are refused with 429."
     )
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413.")

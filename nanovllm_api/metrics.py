@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from nanovllm_api.async_engine import AsyncEngine
+from nanovllm_core.engine_client import EngineClient
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class Metrics:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: EngineClient):
         self.engine = engine
         self.registry = CollectorRegistry()
         gauges = {
-            "nanovllm_num_requests_running": ("Sequences in the running batch.", self._running),
-            "nanovllm_num_requests_waiting": ("Sequences waiting for a slot.", self._waiting),
-            "nanovllm_kv_cache_usage_ratio": ("Share of KV-cache blocks in use.", self._kv_usage),
-            "nanovllm_prefix_cache_hit_rate": ("Prompt tokens found in the prefix cache / looked up.", self._hit_rate),
-            "nanovllm_num_preemptions": ("Sequences preempted so far.", self._preemptions),
+            "nanovllm_num_requests_running": ("Sequences in the running batch.", "num_running"),
+            "nanovllm_num_requests_waiting": ("Sequences waiting for a slot.", "num_waiting"),
+            "nanovllm_kv_cache_usage_ratio": ("Share of KV-cache blocks in use.", "kv_cache_usage"),
+            "nanovllm_prefix_cache_hit_rate": ("Prompt tokens found in the prefix cache / looked up.",
+                                               "prefix_cache_hit_rate"),
+            "nanovllm_num_preemptions": ("Sequences preempted so far.", "num_preemptions"),
         }
-        for name, (description, read) in gauges.items():
-            Gauge(name, description, registry=self.registry).set_function(read)
+        for name, (description, stat) in gauges.items():
+            Gauge(name, description, registry=self.registry).set_function(functools.partial(self._stat, stat))
         self.prompt_tokens = Counter("nanovllm_prompt_tokens", "Prompt tokens processed.", registry=self.registry)
         self.generation_tokens = Counter("nanovllm_generation_tokens", "Tokens generated.", registry=self.registry)
         self.requests = Counter(
@@ -40,28 +42,10 @@ class Metrics:
             "nanovllm_e2e_request_latency_seconds", "Arrival to last token.", buckets=LATENCY_BUCKETS, registry=self.registry
         )
 
-    def _stat(self, read, default: float = 0.0) -> float:
-        engine = self.engine.engine
-        return float(read(engine)) if engine is not None else default
-
-    def _running(self) -> float:
-        return self._stat(lambda e: len(e.scheduler.running))
-
-    def _waiting(self) -> float:
-        return self._stat(lambda e: len(e.scheduler.waiting))
-
-    def _kv_usage(self) -> float:
-        return self._stat(lambda e: e.block_manager.usage)
-
-    def _hit_rate(self) -> float:
-        def rate(e) -> float:
-            manager = e.block_manager
-            return manager.prefix_cache_hits / manager.prefix_cache_queries if manager.prefix_cache_queries else 0.0
-
-        return self._stat(rate)
-
-    def _preemptions(self) -> float:
-        return self._stat(lambda e: e.scheduler.num_preemptions)
+    def _stat(self, name: str) -> float:
+        """An ``EngineStats`` field now; 0 while the model loads."""
+        stats = self.engine.stats()
+        return float(getattr(stats, name)) if stats is not None else 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

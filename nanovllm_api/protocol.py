@@ -7,11 +7,17 @@ silently ignored, and an unknown field is refused as OpenAI does.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from nanovllm_core.errors import InvalidRequestError
+from nanovllm_core.grammar import GuidedDecoding
+from nanovllm_core.sampling_params import SamplingParams
 
 # fields of the OpenAI API that this server recognises but does not implement
 UNSUPPORTED_FIELDS = {
@@ -94,6 +100,23 @@ class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
+    def to_guided_decoding(self) -> GuidedDecoding | None:
+        """The grammar this format asks for; a schema that is not one is a 400."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return GuidedDecoding("json_object")
+        if self.json_schema is None:
+            raise InvalidRequestError("response_format of type 'json_schema' needs a 'json_schema' object",
+                                      param="response_format")
+        schema = self.json_schema.json_schema
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as error:
+            raise InvalidRequestError(f"response_format.json_schema.schema is not a valid JSON schema: "
+                                      f"{error.message}", param="response_format") from error
+        return GuidedDecoding("json_schema", json.dumps(schema))
+
 
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -159,6 +182,50 @@ class SamplingFields(RequestModel):
     response_format: ResponseFormat | None = None
     user: str | None = None
 
+    def max_output_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def num_logprobs(self) -> int | None:
+        """None: no logprobs; 0: the chosen token's; k: and k alternatives."""
+        return None
+
+    def to_sampling_params(self, vocab_size: int, guided: GuidedDecoding | None = None) -> list[SamplingParams]:
+        """One SamplingParams per choice; with a seed, choice i uses seed + i so the n choices differ.
+        ``guided``: a constraint other than response_format's (the tools')."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        base = dict(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            min_p=self.min_p or 0.0,
+            max_tokens=self.max_output_tokens(),
+            min_tokens=self.min_tokens,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            logit_bias=self._logit_bias(vocab_size),
+            stop=stop,
+            stop_token_ids=list(self.stop_token_ids or []),
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            ignore_eos=self.ignore_eos,
+            logprobs=self.num_logprobs(),
+            skip_special_tokens=self.skip_special_tokens,
+            guided=guided or (self.response_format.to_guided_decoding() if self.response_format else None),
+        )
+        # an out-of-range value raises InvalidRequestError, which the app answers with a 400
+        return [SamplingParams(**base, seed=None if self.seed is None else self.seed + i) for i in range(self.n)]
+
+    def _logit_bias(self, vocab_size: int) -> dict[int, float] | None:
+        if not self.logit_bias:
+            return None
+        bias = {}
+        for key, value in self.logit_bias.items():
+            if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+                raise InvalidRequestError(f"logit_bias key {key!r} is not a token id in [0, {vocab_size})",
+                                          param="logit_bias")
+            bias[int(key)] = value
+        return bias
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -191,7 +258,14 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
 
+    def max_output_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # as OpenAI's completions endpoint
 PromptInput = str | list[str] | list[StrictInt] | list[list[StrictInt]]
 
 
@@ -200,6 +274,12 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     best_of: Annotated[int, Field(ge=1)] | None = None
+
+    def max_output_tokens(self) -> int | None:
+        return self.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class TokenizeRequest(RequestModel):

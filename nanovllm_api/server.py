@@ -11,9 +11,9 @@ from typing import Any
 import uvicorn
 
 from nanovllm_api.app import build_app
-from nanovllm_api.async_engine import EngineState
-from nanovllm_core.engine.tensor_parallel import work_unless_rank_zero
 from nanovllm_api.config import ServerConfig
+from nanovllm_core.engine.async_llm import work_unless_rank_zero
+from nanovllm_core.engine_client import EngineState
 
 logger = logging.getLogger(__name__)
 

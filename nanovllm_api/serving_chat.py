@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -18,23 +19,16 @@ from nanovllm_api.protocol import (
     ChatCompletionResponse,
     ChatLogprobs,
     Delta,
+    TokenLogprob,
+    TopLogprob,
 )
-from nanovllm_api.serving_common import (
-    Generation,
-    ServingContext,
-    StreamUsage,
-    cancel_on_disconnect,
-    check_fields,
-    collect,
-    event_stream,
-    outputs_of,
-    sampling_params,
-    sse,
-    start_generation,
-    token_logprobs,
-    usage,
-)
-from nanovllm_api.tool_use import StreamedToolCalls, ToolUse, finish_reason, message_tool_calls, tool_use
+from nanovllm_api.chat_tools import StreamedToolCalls, ToolUse, finish_reason, message_tool_calls, tool_use
+from nanovllm_api.generation import Generation, cancel_on_disconnect, collect, outputs_of, start_generation
+from nanovllm_api.serving_context import ServingContext, check_fields
+from nanovllm_api.streaming import event_stream, sse
+from nanovllm_api.usage import StreamUsage, usage
+from nanovllm_core.detokenizer import TokenBytes
+from nanovllm_core.outputs import SampledToken
 
 
 async def create_chat_completion(request: ChatCompletionRequest, raw: Request, ctx: ServingContext):
@@ -52,9 +46,7 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
         return ctx.renderer.encode(prompt)
 
     prompt_ids = await asyncio.to_thread(render)  # a long conversation takes a while: not on the event loop
-    logprobs = (request.top_logprobs or 0) if request.logprobs else None
-    max_tokens = request.max_completion_tokens or request.max_tokens
-    params = sampling_params(ctx, request, max_tokens, logprobs, tools.guided() if tools else None)
+    params = request.to_sampling_params(ctx.model.vocab_size, tools.guided() if tools else None)
     sequences = [(prompt_ids, p) for p in params]
     generation = await start_generation(ctx, "chatcmpl", model, [prompt_ids], sequences)
     if request.stream:
@@ -63,7 +55,20 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
 
 
 def _logprobs(ctx: ServingContext, request: ChatCompletionRequest, sampled) -> ChatLogprobs | None:
-    return ChatLogprobs(content=token_logprobs(ctx.llm.tokenizer, ctx.token_bytes, sampled)) if request.logprobs else None
+    return ChatLogprobs(content=token_logprobs(ctx.tokenizer, ctx.token_bytes, sampled)) if request.logprobs else None
+
+
+def token_logprobs(tokenizer, token_bytes: TokenBytes, sampled: list[SampledToken]) -> list[TokenLogprob]:
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        return {"token": tokenizer.decode([token_id]), "logprob": logprob, "bytes": list(token_bytes(token_id))}
+
+    return [
+        TokenLogprob(
+            **entry(s.token_id, s.logprob),
+            top_logprobs=[TopLogprob(**entry(t, lp)) for t, lp in (s.top_logprobs or [])],
+        )
+        for s in sampled
+    ]
 
 
 async def _complete(
@@ -89,7 +94,7 @@ async def _complete(
 async def _stream(
     ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation
 ) -> AsyncIterator[str]:
-    counts = StreamUsage(request, generation)
+    counts = StreamUsage(request, generation.prompts)
 
     def chunk(choices, usage=None) -> str:
         return sse(ChatCompletionChunk(

@@ -10,23 +10,11 @@ from fastapi.responses import StreamingResponse
 
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
-from nanovllm_api.serving_common import (
-    Generation,
-    ServingContext,
-    StreamUsage,
-    cancel_on_disconnect,
-    check_fields,
-    collect,
-    event_stream,
-    outputs_of,
-    sampling_params,
-    sse,
-    start_generation,
-    usage,
-)
-from nanovllm_core.engine.model_runner import SampledToken
-
-DEFAULT_MAX_TOKENS = 16  # as OpenAI's completions endpoint
+from nanovllm_api.generation import Generation, cancel_on_disconnect, collect, outputs_of, start_generation
+from nanovllm_api.serving_context import ServingContext, check_fields
+from nanovllm_api.streaming import event_stream, sse
+from nanovllm_api.usage import StreamUsage, usage
+from nanovllm_core.outputs import SampledToken
 
 
 async def _prompts(ctx: ServingContext, prompt) -> list[list[int]]:
@@ -40,7 +28,10 @@ async def _prompts(ctx: ServingContext, prompt) -> list[list[int]]:
     for text in prompt:
         if isinstance(text, str):
             ctx.check_prompt_chars([text])
-    return await asyncio.to_thread(lambda: [ctx.llm.tokenize(p) if isinstance(p, str) else list(p) for p in prompt])
+    tokenizer = ctx.tokenizer
+    return await asyncio.to_thread(
+        lambda: [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompt]
+    )
 
 
 async def create_completion(request: CompletionRequest, raw: Request, ctx: ServingContext):
@@ -51,10 +42,10 @@ async def create_completion(request: CompletionRequest, raw: Request, ctx: Servi
     if request.echo and request.logprobs is not None:
         raise BadRequest("echo together with logprobs (prompt logprobs) is not supported", param="echo")
     prompts = await _prompts(ctx, request.prompt)
-    params = sampling_params(ctx, request, request.max_tokens or DEFAULT_MAX_TOKENS, request.logprobs)
+    params = request.to_sampling_params(ctx.model.vocab_size)
     # choice index = prompt index * n + choice within the prompt
     sequences = [(prompt_ids, p) for prompt_ids in prompts for p in params]
-    echoes = [ctx.llm.tokenizer.decode(p) if request.echo else "" for p, _ in sequences]
+    echoes = [ctx.tokenizer.decode(p) if request.echo else "" for p, _ in sequences]
     generation = await start_generation(ctx, "cmpl", model, prompts, sequences)
     if request.stream:
         return StreamingResponse(event_stream(_stream(ctx, request, generation, echoes)), media_type="text/event-stream")
@@ -64,7 +55,7 @@ async def create_completion(request: CompletionRequest, raw: Request, ctx: Servi
 def _logprobs(ctx: ServingContext, request: CompletionRequest, sampled: list[SampledToken], offset: int):
     if request.logprobs is None:
         return None
-    tokenizer = ctx.llm.tokenizer
+    tokenizer = ctx.tokenizer
     result = CompletionLogprobs()
     for s in sampled:
         token = tokenizer.decode([s.token_id])
@@ -95,7 +86,7 @@ async def _complete(ctx, request: CompletionRequest, generation: Generation, ech
 
 
 async def _stream(ctx, request: CompletionRequest, generation: Generation, echoes: list[str]) -> AsyncIterator[str]:
-    counts = StreamUsage(request, generation)
+    counts = StreamUsage(request, generation.prompts)
 
     def chunk(choices, usage=None) -> str:
         return sse(CompletionResponse(

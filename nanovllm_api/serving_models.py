@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from nanovllm_api.protocol import ModelCard, ModelList, now
-from nanovllm_api.serving_common import ServingContext
+from nanovllm_api.serving_context import ServingContext
+from nanovllm_core.engine_client import EngineUnavailable
 
 
 def _card(ctx: ServingContext, name: str) -> ModelCard:
-    max_model_len = ctx.engine.engine.max_model_len if ctx.engine.engine is not None else None
+    try:
+        max_model_len = ctx.engine.model_info.max_model_len
+    except EngineUnavailable:  # still loading: the list answers without it
+        max_model_len = None
     return ModelCard(id=name, created=now(), root=str(ctx.config.model or name), max_model_len=max_model_len)
 
 

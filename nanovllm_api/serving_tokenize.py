@@ -6,7 +6,7 @@ import asyncio
 
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from nanovllm_api.serving_common import ServingContext, check_fields
+from nanovllm_api.serving_context import ServingContext, check_fields
 
 
 async def tokenize(request: TokenizeRequest, ctx: ServingContext) -> TokenizeResponse:
@@ -18,17 +18,17 @@ async def tokenize(request: TokenizeRequest, ctx: ServingContext) -> TokenizeRes
     def encode() -> list[int]:
         if request.messages is not None:
             return ctx.renderer.encode(ctx.renderer.render(request.messages, request.add_generation_prompt, None))
-        return ctx.llm.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+        return ctx.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
 
     tokens = await asyncio.to_thread(encode)  # up to the body limit of text: not on the event loop
-    return TokenizeResponse(count=len(tokens), max_model_len=ctx.llm.max_model_len, tokens=tokens)
+    return TokenizeResponse(count=len(tokens), max_model_len=ctx.model.max_model_len, tokens=tokens)
 
 
 def detokenize(request: DetokenizeRequest, ctx: ServingContext) -> DetokenizeResponse:
     ctx.check_model(request.model)
     check_fields(request)
-    vocab_size = ctx.llm.vocab_size
+    vocab_size = ctx.model.vocab_size
     bad = [t for t in request.tokens if t >= vocab_size]
     if bad:
         raise BadRequest(f"token ids out of range [0, {vocab_size}): {bad[:5]}", param="tokens")
-    return DetokenizeResponse(prompt=ctx.llm.tokenizer.decode(request.tokens))
+    return DetokenizeResponse(prompt=ctx.tokenizer.decode(request.tokens))

@@ -23,7 +23,7 @@ import torch
 from nanovllm_core.hookspecs import hookimpl
 from nanovllm_core.plugins import get_plugin_manager
 from nanovllm_core.sampling import SamplerOutput, SamplingBatch
-from nanovllm_core.tool_calls import Tool, ToolCall, ToolCallParser
+from nanovllm_core.tool_calls import Tool, ParsedToolCall, ToolCallParser
 
 
 @contextlib.contextmanager
@@ -66,7 +66,7 @@ class LogitsRecorderPlugin:
 
 
 def check_tool_call_parser(
-    parser: ToolCallParser, tools: list[Tool], calls: list[ToolCall], tokenizer=None, trials: int = 100
+    parser: ToolCallParser, tools: list[Tool], calls: list[ParsedToolCall], tokenizer=None, trials: int = 100
 ) -> None:
     """Assert, for ``calls`` of ``tools``: calls written by ``format_calls`` after
     some text parse back to that text and those calls; streamed in random
@@ -97,11 +97,11 @@ def check_tool_call_parser(
             assert all(matcher.accept(t) for t in token_ids) == admitted, f"the required grammar and {written!r}"
 
 
-def _decoded(calls: list[ToolCall]) -> list[tuple[str, object]]:
+def _decoded(calls: list[ParsedToolCall]) -> list[tuple[str, object]]:
     return [(call.name, json.loads(call.arguments)) for call in calls]
 
 
-def _streamed(parser: ToolCallParser, pieces: list[str]) -> tuple[str, list[ToolCall]]:
+def _streamed(parser: ToolCallParser, pieces: list[str]) -> tuple[str, list[ParsedToolCall]]:
     stream = parser.stream()
     content, calls = "", {}
     for piece_content, deltas in [stream.feed(piece) for piece in pieces] + [stream.finish()]:
@@ -109,7 +109,7 @@ def _streamed(parser: ToolCallParser, pieces: list[str]) -> tuple[str, list[Tool
         for delta in deltas:
             if delta.name is not None:
                 assert delta.index not in calls and delta.arguments == "", "a call opens with its name alone"
-                calls[delta.index] = ToolCall(delta.name, "")
+                calls[delta.index] = ParsedToolCall(delta.name, "")
             else:
                 calls[delta.index].arguments += delta.arguments
     return content.strip(), list(calls.values())

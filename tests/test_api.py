@@ -383,7 +383,7 @@ def test_unknown_model_is_404(server, client):
 @pytest.fixture(scope="module")
 def guarded_server(tmp_path_factory):
     yield from serve(tmp_path_factory, "guarded", "--dtype", "float32", "--max-num-seqs", "1",
-                     "--max-queued-requests", "0", "--cors-allowed-origins", "https://app.example.com",
+                     "--max-queued-sequences", "0", "--cors-allowed-origins", "https://app.example.com",
                      "--chat-template", "chatml", env={"NANOVLLM_API_KEY": "sk-test"})
 
 
@@ -427,7 +427,7 @@ def test_chat_template_flag_overrides_the_models(guarded_server):
 
 
 def test_a_request_larger_than_the_queue_is_a_400_not_a_429(guarded_server):
-    """Regression: prompts x n beyond max_num_seqs + max_queued_requests can never be
+    """Regression: prompts x n beyond max_num_seqs + max_queued_sequences can never be
     admitted, yet got 429 'retry shortly'."""
     headers = {"Authorization": "Bearer sk-test"}
     response = httpx.post(f"{guarded_server.url}/v1/completions", headers=headers,

@@ -125,18 +125,22 @@ class KVWorld:
             for position in range(seq.num_computed_tokens + num_new):
                 slot = (seq.block_table[position // size], position % size)
                 assert self.kv[slot] == tuple(seq.token_ids[: position + 1]), (seq.request_id, position)
-        self.scheduler.finish_step(batch)
-        for seq in batch.seqs:
+        samples = []
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):  # the blocks this step completes
+            computed = seq.num_computed_tokens + num_new
             block_hash = None
-            for end in range(size, seq.num_computed_tokens + 1, size):
+            for end in range(size, computed + 1, size):
                 block_hash = chain_hash(block_hash, tuple(seq.token_ids[end - size : end]))
                 self.claims.setdefault(block_hash, tuple(seq.token_ids[:end]))
-            if seq.num_computed_tokens == len(seq):
-                if seq.num_output_tokens >= seq.params.max_tokens or self.rng.random() < 0.03:
-                    seq.finish("stop")
-                else:
-                    seq.append_token(self.rng.randrange(4))  # a tiny vocabulary makes repeats likely
-        self.scheduler.free_finished()
+            samples.append(True if computed == len(seq) else None)
+
+        def sample(seq: Sequence, _token) -> None:
+            if seq.num_output_tokens >= seq.params.max_tokens or self.rng.random() < 0.03:
+                seq.finish("stop")
+            else:
+                seq.append_token(self.rng.randrange(4))  # a tiny vocabulary makes repeats likely
+
+        self.scheduler.postprocess(batch, samples, sample)
         self.live = [s for s in self.live if not s.is_finished]
         if self.live and self.rng.random() < 0.05:
             victim = self.rng.choice(self.live)

@@ -1,5 +1,9 @@
 """Plugins add model architectures and samplers that the engine then uses end to end."""
 
+import subprocess
+import sys
+
+import openai
 import pytest
 import torch
 
@@ -9,6 +13,7 @@ from nanovllm_core.registry import UnknownImplementationError
 from nanovllm_core.sampling import SamplerOutput
 from nanovllm_core.testing import registered_plugin
 from nanovllm_qwen3.decoder import Qwen3ForCausalLM
+from server_process import ServerProcess
 from tiny_models import make_tiny_checkpoint
 
 FAVOURITE_TOKEN = 4242
@@ -94,3 +99,22 @@ def test_lazy_targets_are_imported_only_when_chosen():
     entry = next(e for e in plugins.model_architectures().entries() if e.name == "Qwen2ForCausalLM")
     assert entry.target == "nanovllm_qwen3.decoder:Qwen2ForCausalLM"
     assert entry.load().__name__ == "Qwen2ForCausalLM"
+
+
+def test_the_example_plugin_package_serves_through_the_server(tmp_path):
+    """examples/plugin-top-n-sigma, installed as a separate distribution (make install),
+    found through its entry point and used by a real server."""
+    listing = subprocess.run([sys.executable, "-m", "nanovllm_api", "--list-plugins"], capture_output=True, text=True,
+                             check=True).stdout
+    assert any(line.split() == ["top-n-sigma", "nanovllm-top-n-sigma"] for line in listing.splitlines())
+    server = ServerProcess("--sampler", "top-n-sigma", "--max-num-seqs", "2", "--max-model-len", "512",
+                           log_path=tmp_path / "server.log")
+    try:
+        server.wait_healthy()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        body = dict(model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": "Name a colour."}],
+                    max_tokens=16, temperature=1.5, seed=7)
+        first, again = (client.chat.completions.create(**body).choices[0].message.content for _ in range(2))
+        assert first and first == again
+    finally:
+        assert server.stop() == 0

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from conftest import CHAT_MESSAGES, chat_prompt
 from nanovllm_core import LLM, SamplingParams, cpu_kernels
-from nanovllm_core.layers.linear import QUANTIZED_MAX_ROWS, linear, quantize_int4_, quantize_int8_
+from nanovllm_core.layers.linear import linear
+from nanovllm_core.layers.quantization import QUANTIZED_MAX_ROWS, quantize_int4_, quantize_int8_
 
 
 def test_rounding_is_per_output_channel_and_within_half_a_step():

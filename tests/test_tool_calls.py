@@ -10,11 +10,11 @@ import pytest
 
 from nanovllm_api.chat_template import ChatRenderer, resolve_chat_template
 from nanovllm_api.protocol import ChatMessage
-from nanovllm_api.tool_use import default_parser_name
+from nanovllm_api.chat_tools import default_parser_name
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.grammar.xgrammar_backend import XGrammarBackend
 from nanovllm_core.testing import check_tool_call_parser
-from nanovllm_core.tool_calls import Tool, ToolCall
+from nanovllm_core.tool_calls import Tool, ParsedToolCall
 from nanovllm_core.tool_calls.hermes import HermesToolCallParser
 from nanovllm_core.tool_calls.smollm2 import SmolLM2ToolCallParser
 
@@ -33,7 +33,7 @@ ADD = Tool(
     "Add two integers",
 )
 TOOLS = {tool.name: tool for tool in (WEATHER, ADD)}
-CALLS = [ToolCall("get_weather", '{"city": "Paris", "unit": "celsius"}'), ToolCall("add", '{"a": 2, "b": 3}')]
+CALLS = [ParsedToolCall("get_weather", '{"city": "Paris", "unit": "celsius"}'), ParsedToolCall("add", '{"a": 2, "b": 3}')]
 PARSERS = [pytest.param(HermesToolCallParser(), id="hermes"), pytest.param(SmolLM2ToolCallParser(), id="smollm2")]
 
 
@@ -49,7 +49,7 @@ def test_builtin_parsers_pass_the_plugin_check(parser, smollm2_tokenizer):
 def test_the_plugin_check_catches_a_broken_parser(smollm2_tokenizer):
     class ForgetsArguments(HermesToolCallParser):
         def format_calls(self, calls):
-            return super().format_calls([ToolCall(call.name, "{}") for call in calls])
+            return super().format_calls([ParsedToolCall(call.name, "{}") for call in calls])
 
     with pytest.raises(AssertionError, match="parsed"):
         check_tool_call_parser(ForgetsArguments(), list(TOOLS.values()), CALLS)
@@ -93,9 +93,9 @@ def test_required_admits_only_valid_calls(admits, parser):
     tag = parser.structural_tag(list(TOOLS.values()), "required", parallel=True)
     assert admits(tag, parser.format_calls(CALLS))
     assert not admits(tag, "I would rather answer in words.")
-    assert not admits(tag, parser.format_calls([ToolCall("add", '{"a": "two", "b": 3}')]))
-    assert not admits(tag, parser.format_calls([ToolCall("add", '{"a": 2}')]))
-    assert not admits(tag, parser.format_calls([ToolCall("subtract", '{"a": 2, "b": 3}')]))
+    assert not admits(tag, parser.format_calls([ParsedToolCall("add", '{"a": "two", "b": 3}')]))
+    assert not admits(tag, parser.format_calls([ParsedToolCall("add", '{"a": 2}')]))
+    assert not admits(tag, parser.format_calls([ParsedToolCall("subtract", '{"a": 2, "b": 3}')]))
     single = parser.structural_tag(list(TOOLS.values()), "required", parallel=False)
     assert admits(single, parser.format_calls(CALLS[:1]))
     assert not admits(single, parser.format_calls(CALLS))
@@ -114,7 +114,7 @@ def test_auto_admits_words_or_valid_calls(admits, parser):
     tag = parser.structural_tag(list(TOOLS.values()), "auto", parallel=False)
     assert admits(tag, "Paris is sunny today.")
     assert admits(tag, "Let me check. " + parser.format_calls(CALLS[:1]))
-    assert not admits(tag, parser.format_calls([ToolCall("add", '{"a": 1.5, "b": 3}')]))
+    assert not admits(tag, parser.format_calls([ParsedToolCall("add", '{"a": 1.5, "b": 3}')]))
 
 
 # what the chat template gets

@@ -121,9 +121,9 @@ def test_cpu_linear_pads_rows_to_few_sizes_and_computes_the_same():
 def test_logprob_bytes_are_the_tokens_own(smollm2_tokenizer):
     """Regression: bytes came from decoding one token, so a token holding part of a
     UTF-8 character reported U+FFFD's bytes."""
-    from nanovllm_api.serving_common import token_logprobs
+    from nanovllm_api.serving_chat import token_logprobs
     from nanovllm_core.detokenizer import TokenBytes
-    from nanovllm_core.engine.model_runner import SampledToken
+    from nanovllm_core.outputs import SampledToken
 
     text = "🎉 café 日本語\n"
     ids = smollm2_tokenizer.encode(text, add_special_tokens=False)

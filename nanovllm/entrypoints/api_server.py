@@ -16,10 +16,10 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from nanovllm_api.app import build_app
-from nanovllm_api.async_engine import AsyncEngine
 from nanovllm_api.cli import main as _main
 from nanovllm_api.config import ServerConfig
 from nanovllm_api.server import run_server as _run_server
+from nanovllm_core.engine_client import EngineClient
 
 PROG = "python -m nanovllm.entrypoints.api_server"
 
@@ -48,7 +48,7 @@ class OpenAIServer:
         self.app: FastAPI = build_app(self.config)
 
     @property
-    def engine(self) -> AsyncEngine:
+    def engine(self) -> EngineClient:
         return self.app.state.ctx.engine
 
 

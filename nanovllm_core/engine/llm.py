@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.llm_engine import LLMEngine
-from nanovllm_core.engine.tensor_parallel import work_unless_rank_zero
+from nanovllm_core.engine.model_runner import work_unless_rank_zero
 from nanovllm_core.sampling_params import SamplingParams
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from dataclasses import dataclass, field, replace
 
 from transformers import GenerationConfig
 
@@ -13,35 +12,19 @@ from nanovllm_core import plugins
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from nanovllm_core.engine.block_manager import BlockManager
-from nanovllm_core.engine.model_runner import ModelRunner, SampledToken
+from nanovllm_core.engine.model_runner import ModelRunner
 from nanovllm_core.engine.scheduler import Scheduler
 from nanovllm_core.engine.sequence import Sequence
-from nanovllm_core.errors import ContextLengthError, InvalidRequestError
+from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GrammarBackend, GuidedDecoding
 from nanovllm_core.loader import resolve_model
+from nanovllm_core.model_info import ModelInfo
+from nanovllm_core.outputs import RequestOutput, SampledToken
 from nanovllm_core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
 SEED_MASK = (1 << 63) - 1
-
-
-@dataclass
-class RequestOutput:
-    """What one step produced for one request: the new tokens and text, and on the
-    final output only, all of them (a stream of full values would cost O(n^2))."""
-
-    request_id: str
-    new_token_ids: list[int]
-    new_text: str  # never part of a stop string or of a UTF-8 character
-    output_token_ids: list[int]  # every output token, on the final output; empty before
-    text: str  # everything emitted, on the final output; empty before
-    finished: bool
-    finish_reason: str | None  # "stop", "length" or "abort"
-    stop_reason: str | int | None  # the stop string or stop token that ended it
-    num_prompt_tokens: int
-    num_cached_tokens: int
-    new_logprobs: list[SampledToken] = field(default_factory=list)
 
 
 class RequestState:
@@ -67,6 +50,7 @@ class LLMEngine:
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self._fit_max_model_len_to_cache()
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.model_info = ModelInfo(self.max_model_len, self.hf_config.vocab_size, self.tokenizer)
         self.requests: dict[str, RequestState] = {}
         self._seeds = random.Random(config.seed)
         self._grammar_backend: GrammarBackend | None = None  # built on the first constrained request
@@ -124,35 +108,20 @@ class LLMEngine:
             raise InvalidRequestError("no tokenizer is loaded (skip_tokenizer_init): give token ids", param="prompt")
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
-        """Check that the request can run; return its max_tokens. Raises ValueError.
-        Cheap: the grammar, if any, is compiled by ``compile_grammar``."""
-        params.validate()
-        num_prompt = len(prompt_token_ids)
-        if num_prompt == 0:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - num_prompt
-        if num_prompt + max_tokens > self.max_model_len or max_tokens < 1:
-            raise ContextLengthError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{num_prompt + max(max_tokens, 1)} tokens ({num_prompt} in the prompt, "
-                f"{max(max_tokens, 1)} for the completion). Please reduce the prompt or the completion length."
-            )
-        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]  # after the length check bounds it
-        if bad:
-            raise InvalidRequestError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}", param="prompt")
-        return max_tokens
-
     def add_request(
         self, request_id: str, prompt: str | list[int], params: SamplingParams, grammar: object | None = None
     ) -> Sequence:
-        """``grammar``: ``params.guided`` compiled already (by a server, off this thread); else compiled here."""
+        """Check the request, then add it; InvalidRequestError if it cannot run."""
+        prompt_token_ids = self.tokenize(prompt)
+        return self.add_checked_request(request_id, prompt_token_ids, self.model_info.check_request(prompt_token_ids, params), grammar)
+
+    def add_checked_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, grammar: object | None = None
+    ) -> Sequence:
+        """Add a request that ``model_info.check_request`` passed (an engine client checks it
+        before it reaches this thread). ``grammar``: ``params.guided`` compiled already, else compiled here."""
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        prompt_token_ids = self.tokenize(prompt)
-        max_tokens = self.validate(prompt_token_ids, params)
-        if params.max_tokens != max_tokens:
-            params = replace(params, max_tokens=max_tokens)
         seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
         seq = Sequence(request_id, prompt_token_ids, params, seed & SEED_MASK)
         if params.guided is not None:
@@ -189,16 +158,10 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        sampled = self.runner.execute(batch)
-        self.scheduler.finish_step(batch)
-        outputs = [self._process(seq, token) for seq, token in zip(batch.seqs, sampled) if token is not None]
-        self.scheduler.free_finished()
-        for output in outputs:
-            if output.finished:
-                del self.requests[output.request_id]
-        return outputs
+        return self.scheduler.postprocess(batch, self.runner.execute(batch), self._process)
 
     def _process(self, seq: Sequence, sampled: SampledToken) -> RequestOutput:
+        """Append a sampled token, detokenize it, and finish the sequence if it stops."""
         state = self.requests[seq.request_id]
         token = sampled.token_id
         seq.append_token(token)
@@ -223,6 +186,8 @@ class LLMEngine:
         elif seq.is_finished:
             emitted += state.stops.finish()
         state.pieces.append(emitted)
+        if seq.is_finished:
+            del self.requests[seq.request_id]
         return RequestOutput(
             request_id=seq.request_id,
             new_token_ids=[token],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import torch
@@ -18,16 +18,18 @@ from nanovllm_core.distributed import get_tp_rank
 from nanovllm_core.engine.cuda_graphs import CudaGraphRunner
 from nanovllm_core.engine.scheduler import ScheduledBatch
 from nanovllm_core.engine.tensor_parallel import (
-    HEADER_SIZE,
-    STEP,
-    STOP,
+    StepInputs,
     WorkerGroup,
-    broadcast_header,
     check_tensor_parallel_size,
+    init_process_group,
+    launched_by_torchrun,
+    receive_steps,
+    shutdown_process_group,
 )
 from nanovllm_core.layers.attention import Attention
-from nanovllm_core.layers.linear import quantize_model_
-from nanovllm_core.loader import ModelSource, load_model_weights
+from nanovllm_core.layers.quantization import quantize_model_
+from nanovllm_core.loader import ModelSource, load_model_weights, resolve_model
+from nanovllm_core.outputs import SampledToken
 from nanovllm_core.sampling import SamplingBatch, ending_token_ids
 
 logger = logging.getLogger(__name__)
@@ -93,13 +95,6 @@ def select_attention_backend(name: str, device: torch.device) -> type[AttentionB
     return backend
 
 
-@dataclass
-class SampledToken:
-    token_id: int
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-
-
 class ModelRunner:
     def __init__(self, config: EngineConfig, source: ModelSource, hf_config, eos_token_ids: set[int]):
         self.config = config
@@ -112,7 +107,7 @@ class ModelRunner:
         self.workers: WorkerGroup | None = None
         if config.tensor_parallel_size > 1 and not dist.is_initialized():  # rank 0; other ranks come initialised
             check_tensor_parallel_size(config.tensor_parallel_size, hf_config, self.device)
-            self.workers = WorkerGroup(config, self.device)
+            self.workers = WorkerGroup(config, self.device, _spawned_worker)
         if config.tensor_parallel_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
         if self.device.type == "cpu":
@@ -318,12 +313,8 @@ class ModelRunner:
     @torch.inference_mode()
     def worker_loop(self) -> None:
         """Ranks 1..N-1: run each step rank 0 broadcasts, until it says stop."""
-        while True:
-            header = broadcast_header(torch.zeros(HEADER_SIZE, dtype=torch.int64, device=self.device))
-            if header[0].item() == STOP:
-                return
-            inputs = StepInputs.receive(header.tolist(), self.device)
-            self._forward(inputs, num_seqs=int(header[2].item()))
+        for inputs, num_seqs in receive_steps(self.device):
+            self._forward(inputs, num_seqs)
 
     def check_health(self) -> None:
         """Raise if a tensor-parallel worker has died."""
@@ -334,47 +325,6 @@ class ModelRunner:
         if self.workers is not None:
             self.workers.shutdown()
             self.workers = None
-
-
-@dataclass
-class StepInputs:
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    metadata: AttentionMetadata
-    sample_indices: torch.Tensor
-
-    def _tensors(self) -> list[torch.Tensor]:
-        m = self.metadata
-        return [self.input_ids, self.positions, m.slot_mapping, m.block_tables, m.context_lens, m.query_start_loc,
-                self.sample_indices]
-
-    def broadcast(self, num_seqs: int) -> None:
-        """Rank 0: send this step to the other ranks."""
-        m = self.metadata
-        header = [STEP, self.input_ids.numel(), num_seqs, m.block_tables.shape[1], m.num_decode_tokens,
-                  m.max_query_len, m.max_context_len, self.sample_indices.numel()]
-        broadcast_header(torch.tensor(header, dtype=torch.int64, device=self.input_ids.device))
-        for tensor in self._tensors():
-            dist.broadcast(tensor, src=0)
-
-    @classmethod
-    def receive(cls, header: list[int], device: torch.device) -> StepInputs:
-        _, tokens, seqs, width, decodes, max_query_len, max_context_len, samples = header
-
-        def empty(*shape, dtype=torch.int64):
-            return torch.empty(shape, dtype=dtype, device=device)
-
-        metadata = AttentionMetadata(
-            num_decode_tokens=decodes, slot_mapping=empty(tokens), block_tables=empty(seqs, width, dtype=torch.int32),
-            context_lens=empty(seqs, dtype=torch.int32), query_start_loc=empty(seqs + 1, dtype=torch.int32),
-            max_query_len=max_query_len, max_context_len=max_context_len, query_lens_host=[], context_lens_host=[],
-        )
-        inputs = cls(empty(tokens), empty(tokens), metadata, empty(samples))
-        for tensor in inputs._tensors():
-            dist.broadcast(tensor, src=0)
-        metadata.query_lens_host = metadata.query_start_loc.diff().tolist()
-        metadata.context_lens_host = metadata.context_lens.tolist()
-        return inputs
 
 
 @torch.no_grad()
@@ -407,3 +357,31 @@ def _to_host(output, num_logprobs: list[int | None]) -> list[SampledToken]:
         else:
             sampled.append(SampledToken(token, chosen[row], list(zip(top_ids[row][:k], top_values[row][:k]))))
     return sampled
+
+
+def run_worker(config: EngineConfig, rank: int, world_size: int, on_start=None) -> None:
+    """Everything a rank other than 0 does, from start to stop."""
+    device = resolve_device(config.device)
+    if on_start is not None:
+        on_start()
+    init_process_group(rank, world_size, device)
+    try:
+        source = resolve_model(config.model, need_weights=config.load_format != "dummy")
+        runner = ModelRunner(config, source, source.load_config(), eos_token_ids=set())
+        runner.worker_loop()
+    finally:
+        shutdown_process_group()
+
+
+def _spawned_worker(rank: int, world_size: int, config_json: str, env: dict[str, str], started) -> None:
+    """The target of the processes ``WorkerGroup`` spawns."""
+    os.environ.update(env)
+    run_worker(EngineConfig.model_validate_json(config_json), rank, world_size, started.set)
+
+
+def work_unless_rank_zero(config: EngineConfig) -> None:
+    """Under torchrun every rank runs the user's program: ranks other than 0
+    become workers here, and exit when rank 0 stops them."""
+    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
+        run_worker(config, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+        raise SystemExit(0)

@@ -12,10 +12,15 @@ is preempted: its blocks are freed and it is recomputed later.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from nanovllm_core.engine.block_manager import BlockManager
 from nanovllm_core.engine.sequence import Sequence, SequenceStatus
+
+T = TypeVar("T")  # a sampled token
+R = TypeVar("R")  # what processing it gives
 
 
 @dataclass
@@ -110,12 +115,19 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def finish_step(self, batch: ScheduledBatch) -> None:
-        """Account for the tokens the model has just computed."""
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+    def postprocess(self, batch: ScheduledBatch, sampled: list[T | None], process: Callable[[Sequence, T], R]) -> list[R]:
+        """After a step: account for the tokens the model computed, hand each sampled
+        token to ``process`` (which appends it and may finish its sequence), free what
+        finished. Returns what ``process`` returned, in batch order."""
+        results = []
+        for seq, num_new, token in zip(batch.seqs, batch.num_new_tokens, sampled):
             seq.num_computed_tokens += num_new
+            if token is not None:  # None: a prompt still being prefilled in chunks
+                results.append(process(seq, token))
+        self._free_finished()
+        return results
 
-    def free_finished(self) -> None:
+    def _free_finished(self) -> None:
         still_running = []
         for seq in self.running:
             if seq.is_finished:

@@ -2,7 +2,7 @@
 
 Rank 0 runs the engine: it schedules, prepares each step's input tensors,
 broadcasts them with torch.distributed (gloo on CPU, NCCL on CUDA), runs its
-shard and samples. Ranks 1..N-1 run ``worker_loop``: receive a step, run their
+shard and samples. Ranks 1..N-1 run ``receive_steps``: receive a step, run their
 shard (the all-reduces inside the layers keep the ranks in lock step), repeat.
 
 Processes find each other through the standard environment (``MASTER_ADDR``,
@@ -20,11 +20,14 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nanovllm_core.attention import AttentionMetadata
 from nanovllm_core.config import EngineConfig
 
 logger = logging.getLogger(__name__)
@@ -74,35 +77,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawned_worker(rank: int, world_size: int, config_json: str, env: dict[str, str], started) -> None:
+def _worker_process(worker_main: Callable[..., None], *args) -> None:
     _die_with_parent()
-    os.environ.update(env)
-    run_worker(EngineConfig.model_validate_json(config_json), rank, world_size, started.set)
-
-
-def run_worker(config: EngineConfig, rank: int, world_size: int, on_start=None) -> None:
-    """Everything a rank other than 0 does, from start to stop."""
-    from nanovllm_core.engine.model_runner import ModelRunner, resolve_device
-    from nanovllm_core.loader import resolve_model
-
-    device = resolve_device(config.device)
-    if on_start is not None:
-        on_start()
-    init_process_group(rank, world_size, device)
-    try:
-        source = resolve_model(config.model, need_weights=config.load_format != "dummy")
-        runner = ModelRunner(config, source, source.load_config(), eos_token_ids=set())
-        runner.worker_loop()
-    finally:
-        shutdown_process_group()
-
-
-def work_unless_rank_zero(config: EngineConfig) -> None:
-    """Under torchrun every rank runs the user's program: ranks other than 0
-    become workers here, and exit when rank 0 stops them."""
-    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
-        run_worker(config, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
-        raise SystemExit(0)
+    worker_main(*args)
 
 
 def shutdown_process_group() -> None:
@@ -114,22 +91,23 @@ def shutdown_process_group() -> None:
 
 
 class WorkerGroup:
-    """The ranks 1..N-1 that rank 0 spawned (none under torchrun, which starts them)."""
+    """The ranks 1..N-1 that rank 0 spawned (none under torchrun, which starts them).
+    ``worker_main(rank, world_size, config_json, env, started)`` is what a spawned rank runs."""
 
-    def __init__(self, config: EngineConfig, device: torch.device):
+    def __init__(self, config: EngineConfig, device: torch.device, worker_main: Callable[..., None]):
         self.world_size = config.tensor_parallel_size
         self.device = device
         self.processes: list[mp.Process] = []
         if launched_by_torchrun():
             rank = int(os.environ["RANK"])
             if rank != 0:
-                raise RuntimeError("only rank 0 runs the engine; other ranks run run_worker()")
+                raise RuntimeError("only rank 0 runs the engine; other ranks run model_runner.run_worker()")
         else:
-            self._spawn(config)
+            self._spawn(config, worker_main)
         init_process_group(0, self.world_size, device)
         atexit.register(self.shutdown)
 
-    def _spawn(self, config: EngineConfig) -> None:
+    def _spawn(self, config: EngineConfig, worker_main: Callable[..., None]) -> None:
         env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
         os.environ.update(env)
         # workers get the resolved engine settings only (not a subclass's, nor the file to read again)
@@ -140,7 +118,7 @@ class WorkerGroup:
         for rank in range(1, self.world_size):
             event = context.Event()
             process = context.Process(
-                target=_spawned_worker, args=(rank, self.world_size, config_json, env, event),
+                target=_worker_process, args=(worker_main, rank, self.world_size, config_json, env, event),
                 name=f"nanovllm-tp{rank}", daemon=True,
             )
             process.start()
@@ -178,9 +156,61 @@ class WorkerGroup:
         shutdown_process_group()
 
 
+# the step protocol: a header of sizes, then the step's tensors, each broadcast from rank 0
 HEADER_SIZE = 8  # command, tokens, seqs, block-table width, decodes, max query len, max context len, samples
 
 
 def broadcast_header(header: torch.Tensor) -> torch.Tensor:
     dist.broadcast(header, src=0)
     return header
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    metadata: AttentionMetadata
+    sample_indices: torch.Tensor
+
+    def _tensors(self) -> list[torch.Tensor]:
+        m = self.metadata
+        return [self.input_ids, self.positions, m.slot_mapping, m.block_tables, m.context_lens, m.query_start_loc,
+                self.sample_indices]
+
+    def broadcast(self, num_seqs: int) -> None:
+        """Rank 0: send this step to the other ranks."""
+        m = self.metadata
+        header = [STEP, self.input_ids.numel(), num_seqs, m.block_tables.shape[1], m.num_decode_tokens,
+                  m.max_query_len, m.max_context_len, self.sample_indices.numel()]
+        broadcast_header(torch.tensor(header, dtype=torch.int64, device=self.input_ids.device))
+        for tensor in self._tensors():
+            dist.broadcast(tensor, src=0)
+
+    @classmethod
+    def receive(cls, header: list[int], device: torch.device) -> StepInputs:
+        """Ranks 1..N-1: the step whose ``header`` just arrived."""
+        _, tokens, seqs, width, decodes, max_query_len, max_context_len, samples = header
+
+        def empty(*shape, dtype=torch.int64):
+            return torch.empty(shape, dtype=dtype, device=device)
+
+        metadata = AttentionMetadata(
+            num_decode_tokens=decodes, slot_mapping=empty(tokens), block_tables=empty(seqs, width, dtype=torch.int32),
+            context_lens=empty(seqs, dtype=torch.int32), query_start_loc=empty(seqs + 1, dtype=torch.int32),
+            max_query_len=max_query_len, max_context_len=max_context_len, query_lens_host=[], context_lens_host=[],
+        )
+        inputs = cls(empty(tokens), empty(tokens), metadata, empty(samples))
+        for tensor in inputs._tensors():
+            dist.broadcast(tensor, src=0)
+        metadata.query_lens_host = metadata.query_start_loc.diff().tolist()
+        metadata.context_lens_host = metadata.context_lens.tolist()
+        return inputs
+
+
+def receive_steps(device: torch.device) -> Iterator[tuple[StepInputs, int]]:
+    """Ranks 1..N-1: each step rank 0 broadcasts, with its number of sequences, until it says stop."""
+    while True:
+        header = broadcast_header(torch.zeros(HEADER_SIZE, dtype=torch.int64, device=device))
+        if header[0].item() == STOP:
+            return
+        yield StepInputs.receive(header.tolist(), device), int(header[2].item())

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanovllm_core.distributed import all_reduce, get_tp_rank, get_tp_size
-from nanovllm_core.layers.linear import QuantizedWeight, linear
+from nanovllm_core.layers.linear import linear
+from nanovllm_core.layers.quantization import QuantizedWeight
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nanovllm_core.tool_calls.parser import Tool, ToolCall, ToolChoice, callable_tools
+from nanovllm_core.tool_calls.parser import Tool, ParsedToolCall, ToolChoice, callable_tools
 from nanovllm_core.tool_calls.tagged_json import TaggedJsonToolCallParser, function_json, json_format
 
 
@@ -25,7 +25,7 @@ class HermesToolCallParser(TaggedJsonToolCallParser):
             '<tool_call>\n{"name": "function_name", "arguments": {"parameter": "value"}}\n</tool_call>'
         )
 
-    def format_calls(self, calls: list[ToolCall]) -> str:
+    def format_calls(self, calls: list[ParsedToolCall]) -> str:
         return "\n".join(
             f"{self.begin}\n{json.dumps({'name': call.name, 'arguments': json.loads(call.arguments)})}\n{self.end}"
             for call in calls

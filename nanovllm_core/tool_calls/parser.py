@@ -31,13 +31,13 @@ def callable_tools(tools: list[Tool], choice: ToolChoice) -> list[Tool]:
 
 
 @dataclass
-class ToolCall:
+class ParsedToolCall:
     name: str
     arguments: str  # JSON text, as OpenAI returns it
 
 
 @dataclass
-class ToolCallDelta:
+class ParsedToolCallDelta:
     """A piece of the ``index``-th call: its first piece carries the name."""
 
     index: int
@@ -49,12 +49,12 @@ class ToolCallStream(ABC):
     """Splits generated text, delta by delta, into content and tool-call deltas."""
 
     @abstractmethod
-    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
+    def feed(self, text: str) -> tuple[str, list[ParsedToolCallDelta]]:
         """The content and call deltas that ``text`` completes; text that may
         still turn out to be part of a call is held back."""
 
     @abstractmethod
-    def finish(self) -> tuple[str, list[ToolCallDelta]]:
+    def finish(self) -> tuple[str, list[ParsedToolCallDelta]]:
         """Release whatever was held back, at the end of generation."""
 
 
@@ -66,7 +66,7 @@ class ToolCallParser(ABC):
         """Instructions listing ``tools`` and the call format, for templates that do not render tools."""
 
     @abstractmethod
-    def format_calls(self, calls: list[ToolCall]) -> str:
+    def format_calls(self, calls: list[ParsedToolCall]) -> str:
         """Earlier calls as the model writes them, for templates that do not render ``tool_calls``."""
 
     @abstractmethod
@@ -80,16 +80,16 @@ class ToolCallParser(ABC):
     def stream(self) -> ToolCallStream:
         """A fresh stream for one generated text."""
 
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
+    def parse(self, text: str) -> tuple[str | None, list[ParsedToolCall]]:
         """The content and calls of a whole text. A call whose arguments are
         not JSON (generation cut short) leaves the whole text as content."""
         stream = self.stream()
         content, deltas = stream.feed(text)
         tail, more = stream.finish()
-        calls: dict[int, ToolCall] = {}
+        calls: dict[int, ParsedToolCall] = {}
         for delta in deltas + more:
             if delta.name is not None:
-                calls[delta.index] = ToolCall(delta.name, "")
+                calls[delta.index] = ParsedToolCall(delta.name, "")
             calls[delta.index].arguments += delta.arguments
         if not all(_is_json(call.arguments) for call in calls.values()):
             return text, []

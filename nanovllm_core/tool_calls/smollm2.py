@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nanovllm_core.tool_calls.parser import Tool, ToolCall, ToolChoice, callable_tools
+from nanovllm_core.tool_calls.parser import Tool, ParsedToolCall, ToolChoice, callable_tools
 from nanovllm_core.tool_calls.tagged_json import TaggedJsonToolCallParser, call_schema, function_json, json_format
 
 
@@ -25,7 +25,7 @@ class SmolLM2ToolCallParser(TaggedJsonToolCallParser):
             "If no function fits the request, answer in plain text."
         )
 
-    def format_calls(self, calls: list[ToolCall]) -> str:
+    def format_calls(self, calls: list[ParsedToolCall]) -> str:
         listing = [{"name": call.name, "arguments": json.loads(call.arguments)} for call in calls]
         return f"{self.begin}{json.dumps(listing)}{self.end}"
 

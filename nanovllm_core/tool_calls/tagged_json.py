@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from nanovllm_core.tool_calls.parser import ToolCallDelta, ToolCallParser, ToolCallStream
+from nanovllm_core.tool_calls.parser import ParsedToolCallDelta, ToolCallParser, ToolCallStream
 
 
 @dataclass
@@ -105,10 +105,10 @@ class TaggedJsonStream(ToolCallStream):
         self._sent: list[int] = []  # per call of the open tag: argument characters sent, -1 before its name
         self._calls_before = 0  # calls in earlier tags
 
-    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
+    def feed(self, text: str) -> tuple[str, list[ParsedToolCallDelta]]:
         self._pending += text
         content: list[str] = []
-        deltas: list[ToolCallDelta] = []
+        deltas: list[ParsedToolCallDelta] = []
         while True:
             tag = self.begin if self._payload is None else self.end
             at = self._pending.find(tag)
@@ -127,11 +127,11 @@ class TaggedJsonStream(ToolCallStream):
                 deltas += self._call_deltas()
                 self._close_tag(content, closed=True)
 
-    def finish(self) -> tuple[str, list[ToolCallDelta]]:
+    def finish(self) -> tuple[str, list[ParsedToolCallDelta]]:
         content: list[str] = []
         self._take(self._pending, content)
         self._pending = ""
-        deltas: list[ToolCallDelta] = []
+        deltas: list[ParsedToolCallDelta] = []
         if self._payload is not None:  # generation stopped inside a tag
             deltas = self._call_deltas()
             self._close_tag(content, closed=False)
@@ -154,7 +154,7 @@ class TaggedJsonStream(ToolCallStream):
         # the whitespace between and around calls is layout, not an answer
         return "" if (self._calls_before or self._payload is not None) and not text.strip() else text
 
-    def _call_deltas(self) -> list[ToolCallDelta]:
+    def _call_deltas(self) -> list[ParsedToolCallDelta]:
         deltas = []
         for i, call in enumerate(scan_calls(self._payload)):
             if i == len(self._sent):
@@ -163,11 +163,11 @@ class TaggedJsonStream(ToolCallStream):
                 continue
             index = self._calls_before + i
             if self._sent[i] < 0:
-                deltas.append(ToolCallDelta(index, name=call.name))
+                deltas.append(ParsedToolCallDelta(index, name=call.name))
                 self._sent[i] = 0
             arguments = call.arguments(self._payload)
             if len(arguments) > self._sent[i]:
-                deltas.append(ToolCallDelta(index, arguments=arguments[self._sent[i]:]))
+                deltas.append(ParsedToolCallDelta(index, arguments=arguments[self._sent[i]:]))
                 self._sent[i] = len(arguments)
         return deltas
 

@@ -17,9 +17,9 @@ import jsonschema
 
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import ChatCompletionRequest, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta
-from nanovllm_core import plugins, tool_calls
+from nanovllm_core import plugins
 from nanovllm_core.grammar import GuidedDecoding
-from nanovllm_core.tool_calls import Tool, ToolCallParser, ToolCallStream
+from nanovllm_core.tool_calls import ParsedToolCall, ParsedToolCallDelta, Tool, ToolCallParser, ToolCallStream
 from nanovllm_core.tool_calls.parser import ToolChoice
 
 
@@ -82,7 +82,7 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def message_tool_calls(calls: list[tool_calls.ToolCall]) -> list[ToolCall] | None:
+def message_tool_calls(calls: list[ParsedToolCall]) -> list[ToolCall] | None:
     return [ToolCall(id=new_call_id(), function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls] or None
 
 
@@ -93,10 +93,10 @@ def finish_reason(reason: str | None, called: bool) -> str | None:
 class PlainText(ToolCallStream):
     """The stream of a request without tools: everything is content."""
 
-    def feed(self, text: str) -> tuple[str, list[tool_calls.ToolCallDelta]]:
+    def feed(self, text: str) -> tuple[str, list[ParsedToolCallDelta]]:
         return text, []
 
-    def finish(self) -> tuple[str, list[tool_calls.ToolCallDelta]]:
+    def finish(self) -> tuple[str, list[ParsedToolCallDelta]]:
         return "", []
 
 
@@ -118,7 +118,7 @@ class StreamedToolCalls:
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
         return self._convert(*self._stream.finish())
 
-    def _convert(self, content: str, deltas: list[tool_calls.ToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
+    def _convert(self, content: str, deltas: list[ParsedToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
         converted = []
         for delta in deltas:
             if delta.name is not None:

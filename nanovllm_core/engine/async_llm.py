@@ -1,10 +1,12 @@
-"""The engine behind the server: one thread steps continuous batches while
-requests arrive; each request reads its outputs from its own asyncio queue.
+"""``AsyncLLM``: the in-process ``EngineClient``. One thread steps continuous
+batches while requests arrive; each request reads its outputs from its own asyncio queue.
 
-The thread owns the LLMEngine: requests and aborts reach it as commands on a
-thread-safe queue, and each step's outputs go back to the event loop in one
-``call_soon_threadsafe``. PyTorch releases the GIL inside its kernels, so the
-event loop keeps accepting and streaming while a step runs.
+The thread owns the LLMEngine: checked requests and aborts reach it as commands
+on a thread-safe queue, and each step's outputs go back to the event loop in one
+``call_soon_threadsafe``. Requests are checked and their constraints compiled on
+the client's side (the event loop and a small thread pool), so the engine
+thread only steps. PyTorch releases the GIL inside its kernels, so the event
+loop keeps accepting and streaming while a step runs.
 """
 
 from __future__ import annotations
@@ -13,62 +15,68 @@ import asyncio
 import logging
 import queue
 import threading
-from enum import Enum
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from nanovllm_core.config import EngineConfig
-from nanovllm_core.engine.llm_engine import LLMEngine, RequestOutput
+from nanovllm_core.engine.llm_engine import LLMEngine
+from nanovllm_core.engine.model_runner import work_unless_rank_zero
+from nanovllm_core.engine_client import (
+    EngineFailed,
+    EngineState,
+    EngineStats,
+    EngineUnavailable,
+    GrammarCompileTimeout,
+    QueueFull,
+    ReaderStalled,
+)
 from nanovllm_core.errors import InvalidRequestError
+from nanovllm_core.grammar import GuidedDecoding
+from nanovllm_core.model_info import ModelInfo
+from nanovllm_core.outputs import RequestOutput
 from nanovllm_core.sampling_params import SamplingParams
+
+__all__ = ["AsyncLLM", "work_unless_rank_zero"]  # the second: a server under torchrun calls it first
 
 logger = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.5
 # outputs one request may have waiting for its reader; past this it is not reading
 MAX_PENDING_OUTPUTS = 4096
+# grammar compilations at once; a request waiting for a thread counts it against its timeout
+GRAMMAR_COMPILE_THREADS = 2
 
 
-class EngineState(Enum):
-    LOADING = "loading"
-    READY = "ready"
-    DEAD = "dead"
-    STOPPED = "stopped"
+class AsyncLLM:
+    """An LLMEngine on its own thread, as an ``EngineClient``.
 
+    ``max_queued_sequences``: sequences that may wait beyond max_num_seqs (then QueueFull);
+    ``reader_timeout``: seconds a request's outputs may wait for a reader that is not reading;
+    ``grammar_compile_timeout``: seconds a request's constraint may take to compile."""
 
-class EngineUnavailable(RuntimeError):
-    pass
-
-
-class QueueFull(RuntimeError):
-    pass
-
-
-class EngineFailed(RuntimeError):
-    """The engine loop raised; the request cannot complete."""
-
-
-class ReaderStalled(RuntimeError):
-    """The request's client stopped reading; it was aborted to free its slot."""
-
-
-class AsyncEngine:
-    def __init__(self, config: EngineConfig, max_queued_sequences: int, reader_timeout: float):
+    def __init__(
+        self, config: EngineConfig, max_queued_sequences: int, reader_timeout: float, grammar_compile_timeout: float
+    ):
         self.config = config
         self.reader_timeout = reader_timeout
+        self.grammar_compile_timeout = grammar_compile_timeout
         self.state = EngineState.LOADING
-        self.engine: LLMEngine | None = None
+        self._engine: LLMEngine | None = None  # touched by the engine thread only, but for thread-safe reads
         self.max_sequences = config.max_num_seqs + max_queued_sequences
         self.num_sequences = 0  # admitted and not finished
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._sinks: dict[str, tuple[GenerationStream, int]] = {}
+        self._sinks: dict[str, tuple[AsyncStream, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self.on_failure = lambda: None  # called on the event loop when the engine dies
+        self._on_failure: Callable[[], None] = lambda: None
+        self._grammar_pool = ThreadPoolExecutor(GRAMMAR_COMPILE_THREADS, thread_name_prefix="grammar-compile")
 
     # lifecycle
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop, on_failure: Callable[[], None] = lambda: None) -> None:
         self._loop = loop
+        self._on_failure = on_failure
         self._thread = threading.Thread(target=self._run, name="nanovllm-engine", daemon=True)
         self._thread.start()
 
@@ -77,15 +85,36 @@ class AsyncEngine:
         return self.state is EngineState.READY
 
     def stop(self) -> None:
+        self._grammar_pool.shutdown(wait=False, cancel_futures=True)
         if self._thread is not None and self._thread.is_alive():
             self._commands.put(("stop",))
             self._thread.join(timeout=30)
-        if self.engine is not None:
-            self.engine.shutdown()
+        if self._engine is not None:
+            self._engine.shutdown()
+
+    @property
+    def model_info(self) -> ModelInfo:
+        if self._engine is None:
+            raise EngineUnavailable("The model is still loading; retry shortly.")
+        return self._engine.model_info
+
+    def stats(self) -> EngineStats | None:
+        engine = self._engine
+        if engine is None:
+            return None
+        manager, scheduler = engine.block_manager, engine.scheduler
+        queries = manager.prefix_cache_queries
+        return EngineStats(
+            num_running=len(scheduler.running),
+            num_waiting=len(scheduler.waiting),
+            kv_cache_usage=manager.usage,
+            prefix_cache_hit_rate=manager.prefix_cache_hits / queries if queries else 0.0,
+            num_preemptions=scheduler.num_preemptions,
+        )
 
     def _run(self) -> None:
         try:
-            self.engine = LLMEngine(self.config)
+            self._engine = LLMEngine(self.config)
             self.state = EngineState.READY
             logger.info("engine ready")
         except Exception as error:
@@ -103,10 +132,10 @@ class AsyncEngine:
     def _die(self, error: BaseException) -> None:
         self.state = EngineState.DEAD
         self._loop.call_soon_threadsafe(self._fail_all, error)
-        self._loop.call_soon_threadsafe(self.on_failure)
+        self._loop.call_soon_threadsafe(self._on_failure)
 
     def _loop_forever(self) -> None:
-        engine = self.engine
+        engine = self._engine
         while True:
             if not self._apply_commands(block=not engine.has_unfinished_requests()):
                 self.state = EngineState.STOPPED
@@ -128,13 +157,12 @@ class AsyncEngine:
             if kind == "stop":
                 return False
             if kind == "add":
-                _, request_id, prompt_ids, params, grammar = command
                 try:
-                    self.engine.add_request(request_id, prompt_ids, params, grammar)
-                except ValueError as error:  # validated before, so only a race could get here
-                    self._loop.call_soon_threadsafe(self._fail, request_id, error)
+                    self._engine.add_checked_request(*command[1:])
+                except ValueError as error:  # checked before; one request's surprise must not stop the loop
+                    self._loop.call_soon_threadsafe(self._fail, command[1], error)
             elif kind == "abort":
-                self.engine.abort_request(command[1])
+                self._engine.abort_request(command[1])
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
@@ -170,23 +198,39 @@ class AsyncEngine:
         if num_sequences > self.max_sequences:  # never admissible: retrying cannot help
             raise InvalidRequestError(
                 f"The request needs {num_sequences} sequences (prompts x n) but the server holds at most "
-                f"{self.max_sequences} at once (max_num_seqs + max_queued_requests).", param="n")
+                f"{self.max_sequences} at once (max_num_seqs + max_queued_sequences).", param="n")
         if self.num_sequences + num_sequences > self.max_sequences:
             raise QueueFull("The server is at capacity; retry shortly.")
 
-    def generate(
-        self, request_id: str, sequences: list[tuple[list[int], SamplingParams]], grammar: object | None = None
-    ) -> GenerationStream:
-        """Submit each (prompt token ids, params) as a sequence, now, and return
-        the stream of their outputs. Slots are taken at once, so the queue limit
-        holds however many requests arrive together. ``grammar``: their constraint, compiled."""
+    async def generate(self, request_id: str, sequences: list[tuple[list[int], SamplingParams]]) -> AsyncStream:
+        """Submit each (prompt token ids, params) as a sequence and return the stream of
+        their outputs. Slots are taken at submission, so the queue limit holds however
+        many requests arrive together. The n sequences of a request share one constraint."""
         self.check_available(len(sequences))
-        stream = GenerationStream(self, [f"{request_id}-{index}" for index in range(len(sequences))])
+        info = self.model_info
+        sequences = [(prompt_ids, info.check_request(prompt_ids, params)) for prompt_ids, params in sequences]
+        guided = sequences[0][1].guided
+        grammar = await self._compile_grammar(guided) if guided is not None else None
+        self.check_available(len(sequences))  # again: others may have come in while this one compiled
+        stream = AsyncStream(self, [f"{request_id}-{index}" for index in range(len(sequences))])
         for index, (sub_id, (prompt_ids, params)) in enumerate(zip(stream.ids, sequences)):
             self._sinks[sub_id] = (stream, index)
             self._commands.put(("add", sub_id, prompt_ids, params, grammar))
         self.num_sequences += len(sequences)
         return stream
+
+    async def _compile_grammar(self, guided: GuidedDecoding) -> object:
+        """Compiled in the grammar threads, neither on the event loop nor on the engine's;
+        the backend is thread-safe and caches repeats."""
+        work = self._loop.run_in_executor(self._grammar_pool, self._engine.compile_grammar, guided)
+        try:
+            return await asyncio.wait_for(work, self.grammar_compile_timeout)
+        except asyncio.TimeoutError as error:
+            raise GrammarCompileTimeout(
+                f"The constraint did not compile within {self.grammar_compile_timeout:g} s; simplify it.",
+                param="tools" if guided.kind == "structural_tag" else "response_format",
+                code="grammar_compile_timeout",
+            ) from error
 
     def _release(self, ids: list[str], unfinished: set[str]) -> None:
         self.num_sequences -= len(ids)
@@ -196,11 +240,10 @@ class AsyncEngine:
             self._commands.put(("abort", sub_id))
 
 
-class GenerationStream:
-    """(sequence index, output) pairs of one API request as the engine makes them.
-    Closing it, or dropping it, aborts what is unfinished and frees its slots."""
+class AsyncStream:
+    """``AsyncLLM``'s ``GenerationStream``: (sequence index, output) pairs from an asyncio queue."""
 
-    def __init__(self, engine: AsyncEngine, ids: list[str]):
+    def __init__(self, engine: AsyncLLM, ids: list[str]):
         self.engine = engine
         self.ids = ids
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -209,7 +252,7 @@ class GenerationStream:
         self.reading = False  # the reader waits on the queue now
         self.last_read = asyncio.get_running_loop().time()
 
-    def __aiter__(self) -> GenerationStream:
+    def __aiter__(self) -> AsyncStream:
         return self
 
     async def __anext__(self) -> tuple[int, RequestOutput]:

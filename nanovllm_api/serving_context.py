@@ -1,0 +1,86 @@
+"""What every endpoint reads: the settings, the engine client, metrics, the served
+names, and the model's tokenizer-side helpers (chat rendering, token bytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nanovllm_api.chat_template import ChatRenderer
+from nanovllm_api.config import ServerConfig
+from nanovllm_api.errors import BadRequest, NotFound, Unavailable
+from nanovllm_api.metrics import Metrics
+from nanovllm_api.protocol import IGNORED_FIELDS, UNSUPPORTED_FIELDS, RequestModel
+from nanovllm_core.detokenizer import TokenBytes
+from nanovllm_core.engine_client import EngineClient, EngineUnavailable
+from nanovllm_core.errors import ContextLengthError
+from nanovllm_core.model_info import ModelInfo
+from nanovllm_core.tool_calls import ToolCallParser
+
+
+@dataclass
+class ServingContext:
+    config: ServerConfig
+    engine: EngineClient
+    metrics: Metrics
+    model_names: list[str]
+    chat_template: str | None = None  # resolved once the tokenizer is loaded
+    tool_parser: ToolCallParser | None = None  # likewise, as the default depends on the template
+    _renderer: ChatRenderer | None = field(default=None, repr=False)
+    _token_bytes: TokenBytes | None = field(default=None, repr=False)
+    _max_prompt_chars: int | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> ModelInfo:
+        try:
+            return self.engine.model_info
+        except EngineUnavailable as error:
+            raise Unavailable(str(error)) from error
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def renderer(self) -> ChatRenderer:
+        if self._renderer is None:
+            self._renderer = ChatRenderer(self.tokenizer, self.chat_template, self.tool_parser)
+        return self._renderer
+
+    @property
+    def token_bytes(self) -> TokenBytes:
+        if self._token_bytes is None:
+            self._token_bytes = TokenBytes(self.tokenizer)
+        return self._token_bytes
+
+    def check_prompt_chars(self, texts: list[str]) -> None:
+        """Refuse, before tokenizing, text that cannot fit in the context however it is
+        tokenized: no token covers more characters than the vocabulary's longest."""
+        max_model_len = self.model.max_model_len
+        if self._max_prompt_chars is None:
+            longest_token = max(len(piece) for piece in self.tokenizer.get_vocab())
+            self._max_prompt_chars = max_model_len * longest_token
+        chars = sum(len(text) for text in texts)
+        if chars > self._max_prompt_chars:
+            raise ContextLengthError(
+                f"This model's maximum context length is {max_model_len} tokens; the prompt's {chars} "
+                f"characters are more than that many tokens can hold. Please shorten the prompt."
+            )
+
+    def check_model(self, name: str | None) -> str:
+        if name is None:
+            return self.model_names[0]
+        if name not in self.model_names and not self.config.accept_any_model_name:
+            raise NotFound(f"The model '{name}' does not exist. Served: {', '.join(self.model_names)}.",
+                           param="model", code="model_not_found")
+        return name
+
+
+def check_fields(request: RequestModel) -> None:
+    """Refuse fields that would otherwise be silently ignored."""
+    for name in request.unknown_fields():
+        value = request.model_extra[name]
+        if name in UNSUPPORTED_FIELDS:
+            if value is not None:
+                raise BadRequest(f"'{name}' is not supported by this server yet.", param=name, code="unsupported_parameter")
+        elif name not in IGNORED_FIELDS:
+            raise BadRequest(f"Unrecognized request argument supplied: {name}", param=name)

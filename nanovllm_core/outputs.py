@@ -1,0 +1,31 @@
+"""What the engine hands back for a request, step by step: a contract shared by
+the engine, its clients and the server, so it imports nothing of the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SampledToken:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request: the new tokens and text, and on the
+    final output only, all of them (a stream of full values would cost O(n^2))."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str  # never part of a stop string or of a UTF-8 character
+    output_token_ids: list[int]  # every output token, on the final output; empty before
+    text: str  # everything emitted, on the final output; empty before
+    finished: bool
+    finish_reason: str | None  # "stop", "length" or "abort"
+    stop_reason: str | int | None  # the stop string or stop token that ended it
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    new_logprobs: list[SampledToken] = field(default_factory=list)
