@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from nanovllm_core.engine.sampling_inputs import build_sampling_batch
 from nanovllm_core.engine.sequence import Sequence
 from nanovllm_core.sampling import SamplingBatch
 from nanovllm_core.sampling_params import SamplingParams
@@ -21,7 +22,7 @@ def batch_for(*params: SamplingParams, outputs=None, seeds=None) -> SamplingBatc
         for token in (outputs or {}).get(i, []):
             seq.append_token(token)
         seqs.append(seq)
-    return SamplingBatch.from_sequences(seqs, VOCAB, {EOS})
+    return build_sampling_batch(seqs, VOCAB, {EOS})
 
 
 def sample_many(logits_row, params, draws=400):

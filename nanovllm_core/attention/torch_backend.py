@@ -4,7 +4,7 @@ The KV cache is head-major, ``[num_kv_heads, num_blocks, block_size, head_dim]``
 so gathering a sequence's blocks yields each head's keys contiguously and the
 attention is two batched matmuls with no further copy. Decodes use grouped
 matmuls rather than ``scaled_dot_product_attention``: on CPU in bfloat16 the
-latter is over ten times slower for single-token queries (docs/design.md).
+latter is over ten times slower for single-token queries (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class TorchAttentionBackend(AttentionBackend):
     def _gather(self, cache: torch.Tensor, block_tables: torch.Tensor, workspace: str) -> torch.Tensor:
         """[kv_heads, num_seqs, num_blocks * block_size, head_dim], copied block by block.
 
-        One ``index_select`` per head into a reused buffer: measured 4x faster on
-        CPU than advanced indexing of the whole cache, and close to a plain copy.
+        One ``index_select`` per head into a reused buffer: on CPU much faster than
+        advanced indexing of the whole cache, and close to a plain copy (docs/benchmarks.md).
         """
         kv_heads, num_blocks, head_dim = cache.shape[0], cache.shape[1], cache.shape[-1]
         flat_ids = block_tables.reshape(-1)

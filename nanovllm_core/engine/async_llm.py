@@ -124,7 +124,12 @@ class AsyncLLM:
         finally:
             self._ready.set()
         try:
-            self._loop_forever()
+            run_engine_loop(
+                self._engine, self._commands,
+                deliver=lambda outputs: self._loop.call_soon_threadsafe(self._deliver, outputs),
+                refuse=lambda request_id, error: self._loop.call_soon_threadsafe(self._fail, request_id, error),
+            )
+            self.state = EngineState.STOPPED
         except Exception as error:
             logger.exception("engine loop failed")
             self._die(error)
@@ -133,40 +138,6 @@ class AsyncLLM:
         self.state = EngineState.DEAD
         self._loop.call_soon_threadsafe(self._fail_all, error)
         self._loop.call_soon_threadsafe(self._on_failure)
-
-    def _loop_forever(self) -> None:
-        engine = self._engine
-        while True:
-            if not self._apply_commands(block=not engine.has_unfinished_requests()):
-                self.state = EngineState.STOPPED
-                return
-            engine.check_health()
-            if engine.has_unfinished_requests():
-                outputs = engine.step()
-                if outputs:
-                    self._loop.call_soon_threadsafe(self._deliver, outputs)
-
-    def _apply_commands(self, block: bool) -> bool:
-        """Run queued adds and aborts; False once asked to stop."""
-        try:
-            command = self._commands.get(timeout=IDLE_WAIT_S) if block else self._commands.get_nowait()
-        except queue.Empty:
-            return True
-        while True:
-            kind = command[0]
-            if kind == "stop":
-                return False
-            if kind == "add":
-                try:
-                    self._engine.add_checked_request(*command[1:])
-                except ValueError as error:  # checked before; one request's surprise must not stop the loop
-                    self._loop.call_soon_threadsafe(self._fail, command[1], error)
-            elif kind == "abort":
-                self._engine.abort_request(command[1])
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return True
 
     # on the event loop
 
@@ -206,9 +177,9 @@ class AsyncLLM:
         """Submit each (prompt token ids, params) as a sequence and return the stream of
         their outputs. Slots are taken at submission, so the queue limit holds however
         many requests arrive together. The n sequences of a request share one constraint."""
-        self.check_available(len(sequences))
-        info = self.model_info
+        info = self.model_info  # EngineUnavailable while loading
         sequences = [(prompt_ids, info.check_request(prompt_ids, params)) for prompt_ids, params in sequences]
+        self.check_available(len(sequences))  # a bad request is a 400 however busy the server is
         guided = sequences[0][1].guided
         grammar = await self._compile_grammar(guided) if guided is not None else None
         self.check_available(len(sequences))  # again: others may have come in while this one compiled
@@ -238,6 +209,49 @@ class AsyncLLM:
             self._sinks.pop(sub_id, None)
         for sub_id in unfinished:
             self._commands.put(("abort", sub_id))
+
+
+def run_engine_loop(
+    engine: LLMEngine,
+    commands,
+    deliver: Callable[[list[RequestOutput]], None],
+    refuse: Callable[[str, Exception], None],
+) -> None:
+    """The engine's side of a client, wherever the engine runs: apply the queued
+    ("add", ...), ("abort", id) commands, step while there is work, hand each step's
+    outputs to ``deliver``; return on ("stop",). ``commands``: any queue with
+    ``get(timeout=)`` and ``get_nowait()``."""
+    while True:
+        if not _apply_commands(engine, commands, refuse, block=not engine.has_unfinished_requests()):
+            return
+        engine.check_health()
+        if engine.has_unfinished_requests():
+            outputs = engine.step()
+            if outputs:
+                deliver(outputs)
+
+
+def _apply_commands(engine: LLMEngine, commands, refuse: Callable[[str, Exception], None], block: bool) -> bool:
+    """Run queued adds and aborts; False once asked to stop."""
+    try:
+        command = commands.get(timeout=IDLE_WAIT_S) if block else commands.get_nowait()
+    except queue.Empty:
+        return True
+    while True:
+        kind = command[0]
+        if kind == "stop":
+            return False
+        if kind == "add":
+            try:
+                engine.add_checked_request(*command[1:])
+            except ValueError as error:  # checked before; one request's surprise must not stop the loop
+                refuse(command[1], error)
+        elif kind == "abort":
+            engine.abort_request(command[1])
+        try:
+            command = commands.get_nowait()
+        except queue.Empty:
+            return True
 
 
 class AsyncStream:

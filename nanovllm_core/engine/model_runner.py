@@ -30,7 +30,7 @@ from nanovllm_core.layers.attention import Attention
 from nanovllm_core.layers.quantization import quantize_model_
 from nanovllm_core.loader import ModelSource, load_model_weights, resolve_model
 from nanovllm_core.outputs import SampledToken
-from nanovllm_core.sampling import SamplingBatch, ending_token_ids
+from nanovllm_core.engine.sampling_inputs import build_sampling_batch, ending_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class ModelRunner:
         if constrained:
             apply_grammar_masks(logits, constrained)
             only_end = self._rows_that_can_only_end(logits, sampled_seqs, [row for row, _ in constrained])
-        sampling = SamplingBatch.from_sequences(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids, only_end)
+        sampling = build_sampling_batch(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids, only_end)
         tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
         return [next(tokens) if sample else None for sample in samples]
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import time
 from enum import Enum, auto
-from typing import TYPE_CHECKING
 
 from nanovllm_core.grammar import GrammarMatcher
 from nanovllm_core.sampling_params import SamplingParams
-
-if TYPE_CHECKING:
-    from nanovllm_core.sampling import RowCache
 
 
 class SequenceStatus(Enum):
@@ -36,7 +32,8 @@ class Sequence:
         self.arrival_time = time.monotonic()
         self.num_preemptions = 0
         self.grammar: GrammarMatcher | None = None  # set for structured outputs
-        self.sampling_cache: RowCache | None = None  # the sampler's tensors for this sequence, built on first use
+        # the sampler's tensors for this sequence (a sampling_inputs.RowCache), built on first use
+        self.sampling_cache: object | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -77,8 +77,8 @@ def sample_from(probs: torch.Tensor, uniforms: torch.Tensor, chunk: int = 256) -
     """Invert each row's cumulative distribution at its uniform number.
 
     Two levels, so the float64 prefix sums cover chunk totals and one chunk per
-    row rather than the whole vocabulary (a full cumsum cost 13 ms per step at
-    batch 64 on CPU).
+    row rather than the whole vocabulary (a full float64 cumsum was a visible part
+    of a CPU step at batch 64: docs/benchmarks.md).
     """
     rows, vocab = probs.shape
     padded = torch.nn.functional.pad(probs, (0, -vocab % chunk)).view(rows, -1, chunk)
