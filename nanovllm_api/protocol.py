@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GuidedDecoding
+from nanovllm_core.model_info import ModelInfo
 from nanovllm_core.sampling_params import SamplingParams
 
 # fields of the OpenAI API that this server recognises but does not implement
@@ -189,21 +190,28 @@ class SamplingFields(RequestModel):
         """None: no logprobs; 0: the chosen token's; k: and k alternatives."""
         return None
 
-    def to_sampling_params(self, vocab_size: int, guided: GuidedDecoding | None = None) -> list[SamplingParams]:
+    def to_sampling_params(self, model: ModelInfo, guided: GuidedDecoding | None = None) -> list[SamplingParams]:
         """One SamplingParams per choice; with a seed, choice i uses seed + i so the n choices differ.
-        ``guided``: a constraint other than response_format's (the tools')."""
+        A sampling field the request leaves out takes the model's default (generation_config.json),
+        else OpenAI's. ``guided``: a constraint other than response_format's (the tools')."""
+        defaults = model.sampling_defaults
+
+        def value(name: str, fallback: float) -> float:
+            given = getattr(self, name)
+            return given if given is not None else defaults.get(name, fallback)
+
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         base = dict(
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0,
-            min_p=self.min_p or 0.0,
+            temperature=value("temperature", 1.0),
+            top_p=value("top_p", 1.0),
+            top_k=value("top_k", 0),
+            min_p=value("min_p", 0.0),
             max_tokens=self.max_output_tokens(),
             min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            logit_bias=self._logit_bias(vocab_size),
+            repetition_penalty=value("repetition_penalty", 1.0),
+            logit_bias=self._logit_bias(model.vocab_size),
             stop=stop,
             stop_token_ids=list(self.stop_token_ids or []),
             include_stop_str_in_output=self.include_stop_str_in_output,

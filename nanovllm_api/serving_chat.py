@@ -46,7 +46,7 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
         return ctx.renderer.encode(prompt)
 
     prompt_ids = await asyncio.to_thread(render)  # a long conversation takes a while: not on the event loop
-    params = request.to_sampling_params(ctx.model.vocab_size, tools.guided() if tools else None)
+    params = request.to_sampling_params(ctx.model, tools.guided() if tools else None)
     sequences = [(prompt_ids, p) for p in params]
     generation = await start_generation(ctx, "chatcmpl", model, [prompt_ids], sequences)
     if request.stream:

@@ -42,7 +42,7 @@ async def create_completion(request: CompletionRequest, raw: Request, ctx: Servi
     if request.echo and request.logprobs is not None:
         raise BadRequest("echo together with logprobs (prompt logprobs) is not supported", param="echo")
     prompts = await _prompts(ctx, request.prompt)
-    params = request.to_sampling_params(ctx.model.vocab_size)
+    params = request.to_sampling_params(ctx.model)
     # choice index = prompt index * n + choice within the prompt
     sequences = [(prompt_ids, p) for prompt_ids in prompts for p in params]
     echoes = [ctx.tokenizer.decode(p) if request.echo else "" for p, _ in sequences]

@@ -89,6 +89,11 @@ class EngineConfig(BaseSettings):
         "to 4 rows: int8 (per output channel) reads half of bfloat16's bytes, int4 (groups of 32, as GGUF's Q4_1) "
         "under a third. The model's answers change slightly, except that int4 gives a Q4_1 GGUF's own weights back."
     )
+    generation_config: Literal["auto", "none"] = Field(
+        "auto", description="auto: the model's generation_config.json sets the defaults of the sampling fields a "
+        "request leaves out (temperature, top_p, top_k, min_p, repetition_penalty), as vLLM does; none: OpenAI's "
+        "defaults."
+    )
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of prompts that share a prefix.")
     enforce_eager: bool = Field(False, description="Never capture CUDA graphs.")
     seed: int = Field(0, description="Seed for requests that do not set their own.")

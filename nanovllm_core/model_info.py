@@ -3,7 +3,7 @@ before it reaches the engine (once: by the engine's client, or by ``LLMEngine.ad
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from nanovllm_core.errors import ContextLengthError, InvalidRequestError
@@ -17,6 +17,8 @@ class ModelInfo:
     max_model_len: int  # the setting, capped to the model's context and to the KV cache
     vocab_size: int
     tokenizer: Any = None  # the Hugging Face tokenizer; None with skip_tokenizer_init
+    # the model's own defaults for sampling fields a request leaves out (generation_config.json)
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
 
     def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> SamplingParams:
         """The params with max_tokens resolved, if the request can run; else InvalidRequestError."""

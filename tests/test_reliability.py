@@ -259,8 +259,9 @@ def test_overload_is_refused_fast_without_slowing_the_running(small_server):
 
 def test_memory_pressure_preempts_and_resumes_without_dropping(small_server):
     url = small_server.url
-    # each needs about 100 + 150 tokens: four at once need twice the cache
-    bodies = [{"prompt": prompt_of(100 + i, 75), "max_tokens": 150, "ignore_eos": True, "temperature": 0}
+    # each needs about 65 + 100 tokens: four at once need 1.3 times the 512-token cache, so decoding
+    # them together must preempt (all four prompts fit at first; their outputs do not)
+    bodies = [{"prompt": prompt_of(100 + i, 50), "max_tokens": 100, "ignore_eos": True, "temperature": 0}
               for i in range(4)]
 
     async def run(together: bool) -> list[str]:

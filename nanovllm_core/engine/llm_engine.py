@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -25,6 +26,8 @@ from nanovllm_core.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 SEED_MASK = (1 << 63) - 1
+# what generation_config.json may set for requests that leave it out (vLLM's list)
+SAMPLING_DEFAULT_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
 class RequestState:
@@ -50,7 +53,8 @@ class LLMEngine:
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self._fit_max_model_len_to_cache()
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.model_info = ModelInfo(self.max_model_len, self.hf_config.vocab_size, self.tokenizer)
+        self.model_info = ModelInfo(self.max_model_len, self.hf_config.vocab_size, self.tokenizer,
+                                    self._sampling_defaults())
         self.requests: dict[str, RequestState] = {}
         self._seeds = random.Random(config.seed)
         self._grammar_backend: GrammarBackend | None = None  # built on the first constrained request
@@ -85,6 +89,18 @@ class LLMEngine:
             elif candidate:
                 ids.update(candidate)
         return ids
+
+    def _sampling_defaults(self) -> dict[str, float]:
+        """The sampling fields the model's generation_config.json sets, as written there
+        (not transformers' own defaults for the rest, such as top_k=50)."""
+        path = self.source.path / "generation_config.json"
+        if self.config.generation_config == "none" or self.source.is_gguf or not path.is_file():
+            return {}
+        written = json.loads(path.read_text())
+        defaults = {name: written[name] for name in SAMPLING_DEFAULT_FIELDS if written.get(name) is not None}
+        if defaults:
+            logger.info("sampling defaults from the model's generation_config.json: %s", defaults)
+        return defaults
 
     def grammar_backend(self) -> GrammarBackend:
         """The engine's grammar backend, built on first use (from any thread)."""
