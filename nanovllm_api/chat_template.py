@@ -48,6 +48,8 @@ class ChatRenderer:
         # templates name these variables when they render them (as vLLM also checks)
         self.renders_tools = "tools" in template
         self.renders_tool_calls = "tool_calls" in template
+        # OpenAI's newer name for system; templates that do not know it (Qwen3's) would drop it silently
+        self.knows_developer = "developer" in template
 
     def render(
         self,
@@ -74,7 +76,8 @@ class ChatRenderer:
             raise BadRequest(f"The chat template rejected the messages: {error}", param="messages") from error
 
     def _message(self, index: int, message: ChatMessage) -> dict[str, Any]:
-        rendered: dict[str, Any] = {"role": message.role, "content": message.text()}
+        role = "system" if message.role == "developer" and not self.knows_developer else message.role
+        rendered: dict[str, Any] = {"role": role, "content": message.text()}
         if message.name:
             rendered["name"] = message.name
         if message.tool_call_id:

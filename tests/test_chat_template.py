@@ -37,3 +37,17 @@ def test_unknown_template_and_template_errors(smollm2_tokenizer, tmp_path):
     renderer = ChatRenderer(smollm2_tokenizer, resolve_chat_template(str(strict), smollm2_tokenizer), SmolLM2ToolCallParser())
     with pytest.raises(BadRequest, match="system message must come first"):
         renderer.render(MESSAGES, True, None)
+
+
+# Qwen3's template renders the roles it knows and silently drops the rest
+ROLES_IT_KNOWS = ("{% for m in messages %}{% if m.role in ['system', 'user', 'assistant'] %}"
+                  "<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}")
+
+
+def test_a_developer_message_is_a_system_message_for_templates_that_do_not_know_the_role(smollm2_tokenizer):
+    messages = [ChatMessage(role="developer", content="Answer in French."), ChatMessage(role="user", content="Hi")]
+    renderer = ChatRenderer(smollm2_tokenizer, ROLES_IT_KNOWS, SmolLM2ToolCallParser())
+    assert renderer.render(messages, False, None) == "<system>Answer in French.<user>Hi"
+    knows = ROLES_IT_KNOWS.replace("'assistant']", "'assistant', 'developer']")
+    assert ChatRenderer(smollm2_tokenizer, knows, SmolLM2ToolCallParser()).render(messages, False, None) \
+        == "<developer>Answer in French.<user>Hi"
