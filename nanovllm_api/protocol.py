@@ -43,8 +43,14 @@ MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limit
 
 # every tool's schema is compiled into the request's grammar
 MAX_TOOLS = 128
+# guided_choice becomes a grammar of this many alternatives at most
+MAX_GUIDED_CHOICES = 1024
+MAX_GUIDED_CHOICE_CHARS = 4096
+GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")  # vLLM's older fields
 
 NonNegativeInt = Annotated[int, Field(ge=0)]
+GuidedChoices = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_GUIDED_CHOICE_CHARS)]],
+                          Field(min_length=1, max_length=MAX_GUIDED_CHOICES)]
 StopString = Annotated[str, Field(max_length=MAX_STOP_STRING_CHARS)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
@@ -110,13 +116,44 @@ class ResponseFormat(BaseModel):
         if self.json_schema is None:
             raise InvalidRequestError("response_format of type 'json_schema' needs a 'json_schema' object",
                                       param="response_format")
-        schema = self.json_schema.json_schema
-        try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as error:
-            raise InvalidRequestError(f"response_format.json_schema.schema is not a valid JSON schema: "
-                                      f"{error.message}", param="response_format") from error
-        return GuidedDecoding("json_schema", json.dumps(schema))
+        return _json_schema_decoding(self.json_schema.json_schema, "response_format")
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``structured_outputs`` object: one constraint, named by its kind."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: GuidedChoices | None = None
+    grammar: str | None = None
+
+    def to_guided_decoding(self, param: str = "structured_outputs") -> GuidedDecoding:
+        given = {name: value for name, value in (("json", self.json_), ("regex", self.regex), ("choice", self.choice),
+                                                 ("grammar", self.grammar)) if value is not None}
+        if len(given) != 1:
+            raise InvalidRequestError(f"give exactly one constraint of json, regex, choice and grammar; got "
+                                      f"{', '.join(given) or 'none'}", param=param)
+        kind, value = given.popitem()
+        if kind == "json":
+            try:
+                schema = json.loads(value) if isinstance(value, str) else value
+            except ValueError as error:
+                raise InvalidRequestError(f"{param}: the JSON schema is not JSON: {error}", param=param) from error
+            return _json_schema_decoding(schema, param)
+        if kind == "choice":  # one alternative per choice, each a literal string
+            return GuidedDecoding("ebnf", "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in value))
+        return GuidedDecoding("regex" if kind == "regex" else "ebnf", value)
+
+
+def _json_schema_decoding(schema: Any, param: str) -> GuidedDecoding:
+    """A JSON-schema constraint; a schema that is not one is a 400."""
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except (jsonschema.SchemaError, TypeError) as error:
+        message = error.message if isinstance(error, jsonschema.SchemaError) else str(error)
+        raise InvalidRequestError(f"{param}: not a valid JSON schema: {message}", param=param) from error
+    return GuidedDecoding("json_schema", json.dumps(schema))
 
 
 class FunctionDefinition(BaseModel):
@@ -181,6 +218,12 @@ class SamplingFields(RequestModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
+    # vLLM's guided decoding: the newer object, or the older fields
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: GuidedChoices | None = None
+    guided_grammar: str | None = None
     user: str | None = None
 
     def max_output_tokens(self) -> int | None:
@@ -218,10 +261,32 @@ class SamplingFields(RequestModel):
             ignore_eos=self.ignore_eos,
             logprobs=self.num_logprobs(),
             skip_special_tokens=self.skip_special_tokens,
-            guided=guided or (self.response_format.to_guided_decoding() if self.response_format else None),
+            guided=self._guided_decoding(also=guided),
         )
         # an out-of-range value raises InvalidRequestError, which the app answers with a 400
         return [SamplingParams(**base, seed=None if self.seed is None else self.seed + i) for i in range(self.n)]
+
+    def _guided_decoding(self, also: GuidedDecoding | None) -> GuidedDecoding | None:
+        """The one constraint the request asks for: ``also`` (its tools'), response_format,
+        structured_outputs or a guided_* field; more than one is a 400."""
+        asked = [name for name, given in (
+            ("tools", also is not None),
+            ("response_format", self.response_format is not None and self.response_format.type != "text"),
+            ("structured_outputs", self.structured_outputs is not None),
+            *((name, getattr(self, name) is not None) for name in GUIDED_FIELDS),
+        ) if given]
+        if len(asked) > 1:
+            raise InvalidRequestError(f"give one constraint, not {' and '.join(asked)}", param=asked[1])
+        if not asked:
+            return None
+        kind = asked[0]
+        if kind == "tools":
+            return also
+        if kind == "response_format":
+            return self.response_format.to_guided_decoding()
+        if kind == "structured_outputs":
+            return self.structured_outputs.to_guided_decoding()
+        return StructuredOutputs(**{kind.removeprefix("guided_"): getattr(self, kind)}).to_guided_decoding(param=kind)
 
     def _logit_bias(self, vocab_size: int) -> dict[int, float] | None:
         if not self.logit_bias:

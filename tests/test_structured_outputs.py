@@ -3,7 +3,9 @@ decoding so that even SmolLM2-135M answers in valid form."""
 
 import asyncio
 import json
+import re
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -153,3 +155,36 @@ def test_min_tokens_lets_a_complete_grammar_end(smollm2_llm):
                                 guided=GuidedDecoding("json_schema", schema))
         result = smollm2_llm.generate(["Give me an empty JSON object:"], params, use_tqdm=False)[0]
         assert result["text"] == "{}" and result["finish_reason"] == "stop", result
+
+
+GUIDED = [  # (extra body, check of the answer): vLLM's guided-decoding fields
+    ({"guided_choice": ["yes", "no", "maybe"]}, lambda text: text in ("yes", "no", "maybe")),
+    ({"guided_regex": r"[0-9]{3}-[0-9]{4}"}, lambda text: re.fullmatch(r"[0-9]{3}-[0-9]{4}", text)),
+    ({"guided_grammar": 'root ::= "Paris" | "Lyon" | "Nice"'}, lambda text: text in ("Paris", "Lyon", "Nice")),
+    ({"guided_json": SCHEMAS["array_of_enums"]},
+     lambda text: jsonschema.validate(json.loads(text), SCHEMAS["array_of_enums"]) is None),
+    ({"structured_outputs": {"choice": ["red", "green"]}}, lambda text: text in ("red", "green")),
+    ({"structured_outputs": {"json": json.dumps(SCHEMAS["numbers_and_booleans"])}},
+     lambda text: jsonschema.validate(json.loads(text), SCHEMAS["numbers_and_booleans"]) is None),
+]
+
+
+@pytest.mark.parametrize("extra, check", GUIDED, ids=[next(iter(extra)) + "-" + str(i) for i, (extra, _) in
+                                                      enumerate(GUIDED)])
+def test_vllm_guided_decoding_fields(client, extra, check):
+    for temperature in (0, 1.0):
+        response = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Answer the question about Paris."}], max_tokens=60,
+            temperature=temperature, seed=3, extra_body=extra)
+        text = response.choices[0].message.content
+        assert response.choices[0].finish_reason == "stop" and check(text), text
+
+
+def test_two_constraints_are_a_400(server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "guided_choice": ["a"],
+            "response_format": {"type": "json_object"}}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "guided_choice", response.text
+    bad = {**body, "response_format": None, "guided_choice": None, "guided_json": '{"type": "nope"}'}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=bad)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "guided_json", response.text
