@@ -61,7 +61,9 @@ class AsyncLLM:
         self.reader_timeout = reader_timeout
         self.grammar_compile_timeout = grammar_compile_timeout
         self.state = EngineState.LOADING
-        self._engine: LLMEngine | None = None  # touched by the engine thread only, but for thread-safe reads
+        # built and stepped by the engine thread; other threads only read its immutable model_info and its
+        # counters (stats), and compile through its grammar backend, which is thread-safe
+        self._engine: LLMEngine | None = None
         self.max_sequences = config.max_num_seqs + max_queued_sequences
         self.num_sequences = 0  # admitted and not finished
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
