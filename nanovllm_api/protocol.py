@@ -46,9 +46,11 @@ MAX_TOOLS = 128
 # guided_choice becomes a grammar of this many alternatives at most
 MAX_GUIDED_CHOICES = 1024
 MAX_GUIDED_CHOICE_CHARS = 4096
+MAX_GUIDED_SPEC_CHARS = 65536  # a regular expression or grammar
 GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")  # vLLM's older fields
 
 NonNegativeInt = Annotated[int, Field(ge=0)]
+GuidedSpec = Annotated[str, Field(max_length=MAX_GUIDED_SPEC_CHARS)]
 GuidedChoices = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_GUIDED_CHOICE_CHARS)]],
                           Field(min_length=1, max_length=MAX_GUIDED_CHOICES)]
 StopString = Annotated[str, Field(max_length=MAX_STOP_STRING_CHARS)]
@@ -124,9 +126,9 @@ class StructuredOutputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     json_: dict[str, Any] | str | None = Field(None, alias="json")
-    regex: str | None = None
+    regex: GuidedSpec | None = None
     choice: GuidedChoices | None = None
-    grammar: str | None = None
+    grammar: GuidedSpec | None = None
 
     def to_guided_decoding(self, param: str = "structured_outputs") -> GuidedDecoding:
         given = {name: value for name, value in (("json", self.json_), ("regex", self.regex), ("choice", self.choice),
@@ -221,9 +223,9 @@ class SamplingFields(RequestModel):
     # vLLM's guided decoding: the newer object, or the older fields
     structured_outputs: StructuredOutputs | None = None
     guided_json: dict[str, Any] | str | None = None
-    guided_regex: str | None = None
+    guided_regex: GuidedSpec | None = None
     guided_choice: GuidedChoices | None = None
-    guided_grammar: str | None = None
+    guided_grammar: GuidedSpec | None = None
     user: str | None = None
 
     def max_output_tokens(self) -> int | None:

@@ -23,7 +23,7 @@ import torch
 from nanovllm_core.hookspecs import hookimpl
 from nanovllm_core.plugins import get_plugin_manager
 from nanovllm_core.sampling import SamplerOutput, SamplingBatch
-from nanovllm_core.tool_calls import Tool, ParsedToolCall, ToolCallParser
+from nanovllm_core.tool_calls import ParsedToolCall, Tool, ToolCallParser
 
 
 @contextlib.contextmanager

@@ -180,7 +180,7 @@ def test_vllm_guided_decoding_fields(client, extra, check):
         assert response.choices[0].finish_reason == "stop" and check(text), text
 
 
-def test_two_constraints_are_a_400(server):
+def test_two_constraints_a_bad_schema_and_an_oversize_regex_are_400s(server):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "guided_choice": ["a"],
             "response_format": {"type": "json_object"}}
     response = httpx.post(f"{server.url}/v1/chat/completions", json=body)
@@ -188,3 +188,6 @@ def test_two_constraints_are_a_400(server):
     bad = {**body, "response_format": None, "guided_choice": None, "guided_json": '{"type": "nope"}'}
     response = httpx.post(f"{server.url}/v1/chat/completions", json=bad)
     assert response.status_code == 400 and response.json()["error"]["param"] == "guided_json", response.text
+    huge = {**body, "response_format": None, "guided_choice": None, "guided_regex": "a" * 65537}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=huge)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "guided_regex", response.text

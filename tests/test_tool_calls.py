@@ -14,7 +14,7 @@ from nanovllm_api.chat_tools import default_parser_name
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.grammar.xgrammar_backend import XGrammarBackend
 from nanovllm_core.testing import check_tool_call_parser
-from nanovllm_core.tool_calls import Tool, ParsedToolCall
+from nanovllm_core.tool_calls import ParsedToolCall, Tool
 from nanovllm_core.tool_calls.hermes import HermesToolCallParser
 from nanovllm_core.tool_calls.smollm2 import SmolLM2ToolCallParser
 

@@ -7,8 +7,6 @@ import logging
 import random
 import threading
 
-from transformers import GenerationConfig
-
 from nanovllm_core import plugins
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.detokenizer import IncrementalDetokenizer, StopStringMatcher
@@ -78,11 +76,15 @@ class LLMEngine:
     def vocab_size(self) -> int:
         return self.hf_config.vocab_size
 
+    def _generation_config(self) -> dict:
+        """The model's generation_config.json as written ({} for a GGUF file or none)."""
+        path = self.source.path / "generation_config.json"
+        return {} if self.source.is_gguf or not path.is_file() else json.loads(path.read_text())
+
     def _eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
-        candidates = [self.hf_config.eos_token_id, getattr(self.tokenizer, "eos_token_id", None)]
-        if not self.source.is_gguf and (self.source.path / "generation_config.json").is_file():
-            candidates.append(GenerationConfig.from_pretrained(self.source.path).eos_token_id)
+        candidates = [self.hf_config.eos_token_id, getattr(self.tokenizer, "eos_token_id", None),
+                      self._generation_config().get("eos_token_id")]
         for candidate in candidates:
             if isinstance(candidate, int):
                 ids.add(candidate)
@@ -93,10 +95,9 @@ class LLMEngine:
     def _sampling_defaults(self) -> dict[str, float]:
         """The sampling fields the model's generation_config.json sets, as written there
         (not transformers' own defaults for the rest, such as top_k=50)."""
-        path = self.source.path / "generation_config.json"
-        if self.config.generation_config == "none" or self.source.is_gguf or not path.is_file():
+        if self.config.generation_config == "none":
             return {}
-        written = json.loads(path.read_text())
+        written = self._generation_config()
         defaults = {name: written[name] for name in SAMPLING_DEFAULT_FIELDS if written.get(name) is not None}
         if defaults:
             logger.info("sampling defaults from the model's generation_config.json: %s", defaults)
@@ -129,7 +130,8 @@ class LLMEngine:
     ) -> Sequence:
         """Check the request, then add it; InvalidRequestError if it cannot run."""
         prompt_token_ids = self.tokenize(prompt)
-        return self.add_checked_request(request_id, prompt_token_ids, self.model_info.check_request(prompt_token_ids, params), grammar)
+        params = self.model_info.check_request(prompt_token_ids, params)
+        return self.add_checked_request(request_id, prompt_token_ids, params, grammar)
 
     def add_checked_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, grammar: object | None = None

@@ -115,7 +115,9 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def postprocess(self, batch: ScheduledBatch, sampled: list[T | None], process: Callable[[Sequence, T], R]) -> list[R]:
+    def postprocess(
+        self, batch: ScheduledBatch, sampled: list[T | None], process: Callable[[Sequence, T], R]
+    ) -> list[R]:
         """After a step: account for the tokens the model computed, hand each sampled
         token to ``process`` (which appends it and may finish its sequence), free what
         finished. Returns what ``process`` returned, in batch order."""

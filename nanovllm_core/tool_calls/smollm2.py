@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nanovllm_core.tool_calls.parser import Tool, ParsedToolCall, ToolChoice, callable_tools
+from nanovllm_core.tool_calls.parser import ParsedToolCall, Tool, ToolChoice, callable_tools
 from nanovllm_core.tool_calls.tagged_json import TaggedJsonToolCallParser, call_schema, function_json, json_format
 
 
