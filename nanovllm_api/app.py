@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
-from nanovllm_api import serving_chat, serving_completion, serving_models, serving_tokenize
+from nanovllm_api import serving_chat, serving_completion, serving_embedding, serving_models, serving_tokenize
 from nanovllm_api.chat_template import resolve_chat_template
 from nanovllm_api.chat_tools import resolve_parser
 from nanovllm_api.config import ServerConfig
@@ -22,6 +22,7 @@ from nanovllm_api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     TokenizeRequest,
 )
 from nanovllm_api.serving_context import ServingContext
@@ -85,7 +86,7 @@ def build_app(config: ServerConfig) -> FastAPI:
     )
 
     async def finish_loading() -> None:
-        if await asyncio.to_thread(engine.wait_ready):
+        if await asyncio.to_thread(engine.wait_ready) and engine.model_info.task == "generate":
             ctx.chat_template = resolve_chat_template(config.chat_template, engine.model_info.tokenizer)
             ctx.tool_parser = resolve_parser(config.tool_call_parser, ctx.chat_template)
             logger.info("tool-call parser: %s", type(ctx.tool_parser).__name__)
@@ -156,6 +157,10 @@ def build_app(config: ServerConfig) -> FastAPI:
     @app.post("/v1/completions", dependencies=guarded, tags=["openai"])
     async def completions(request: CompletionRequest, raw: Request):
         return await serving_completion.create_completion(request, raw, ctx)
+
+    @app.post("/v1/embeddings", dependencies=guarded, tags=["openai"])
+    async def embeddings(request: EmbeddingRequest, raw: Request):
+        return await serving_embedding.create_embedding(request, raw, ctx)
 
     @app.post("/tokenize", dependencies=guarded, tags=["utility"])
     async def tokenize(request: TokenizeRequest):

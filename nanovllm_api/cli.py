@@ -59,7 +59,7 @@ def build_parser(config_cls: type[ServerConfig] = ServerConfig, prog: str = "nan
         parser.add_argument(flag, dest=name, help=help_text, **options)
     parser.add_argument(
         "--list-plugins", action="store_true", default=False, help="List installed models, attention backends, "
-        "chat templates, samplers, grammar backends and tool-call parsers, with the distribution providing each, and exit."
+        "chat templates, samplers, grammar backends, tool-call parsers and poolers, with the distribution providing each, and exit."
     )
     return parser
 
@@ -67,7 +67,7 @@ def build_parser(config_cls: type[ServerConfig] = ServerConfig, prog: str = "nan
 def format_plugins() -> str:
     lines = []
     registries = (plugins.model_architectures(), plugins.attention_backends(), plugins.chat_templates(),
-                  plugins.samplers(), plugins.grammar_backends(), plugins.tool_call_parsers())
+                  plugins.samplers(), plugins.grammar_backends(), plugins.tool_call_parsers(), plugins.poolers())
     for registry in registries:
         lines.append(f"{registry.kind}s:")
         lines.extend(f"  {entry.name:<24} {entry.provider}" for entry in registry.entries())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -18,6 +18,7 @@ from nanovllm_api.protocol import new_id, now
 from nanovllm_api.serving_context import ServingContext
 from nanovllm_core.engine_client import EngineFailed, EngineUnavailable, GenerationStream, QueueFull, ReaderStalled
 from nanovllm_core.outputs import RequestOutput, SampledToken
+from nanovllm_core.pooling import PoolingParams
 from nanovllm_core.sampling_params import SamplingParams
 
 RETRY_AFTER_S = "1"
@@ -31,7 +32,7 @@ class Generation:
     request_id: str
     model: str
     prompts: list[list[int]]  # distinct prompts, for usage
-    sequences: list[tuple[list[int], SamplingParams]]  # one per choice
+    sequences: list[tuple[list[int], SamplingParams | PoolingParams]]  # one per choice (or embedding)
     stream: GenerationStream
     created: int = field(default_factory=now)
 
@@ -41,13 +42,21 @@ async def start_generation(
 ) -> Generation:
     """Submit the sequences: a bad one is a 400, no room a 429, an engine not ready a 503."""
     request_id = new_id(prefix)
-    try:
+    with engine_refusals():
         stream = await ctx.engine.generate(request_id, sequences)
+    return Generation(request_id, model, prompts, sequences, stream)
+
+
+@contextlib.contextmanager
+def engine_refusals() -> Iterator[None]:
+    """The engine client's refusals of a submission as API errors (its InvalidRequestError
+    is a 400 through the app's handler)."""
+    try:
+        yield
     except QueueFull as error:
         raise TooManyRequests(str(error), code="queue_full", headers={"Retry-After": RETRY_AFTER_S}) from error
     except EngineUnavailable as error:
         raise Unavailable(str(error), headers={"Retry-After": RETRY_AFTER_S}) from error
-    return Generation(request_id, model, prompts, sequences, stream)
 
 
 async def outputs_of(ctx: ServingContext, generation: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -65,7 +74,7 @@ async def outputs_of(ctx: ServingContext, generation: Generation) -> AsyncIterat
                 index, output = await asyncio.wait_for(anext(stream), remaining)
             except StopAsyncIteration:
                 return
-            timers[index].token()
+            timers[index].tokens(len(output.new_token_ids))
             if output.finished:
                 timers[index].finished(output.finish_reason)
             yield index, output

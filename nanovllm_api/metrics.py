@@ -60,7 +60,10 @@ class RequestTimer:
         self.first_token_seen = False
         metrics.prompt_tokens.inc(num_prompt_tokens)
 
-    def token(self) -> None:
+    def tokens(self, count: int) -> None:
+        """``count`` new tokens arrived (none for an embedding)."""
+        if not count:
+            return
         moment = time.monotonic()
         if self.first_token_seen:
             self.metrics.tpot.observe(moment - self.last)
@@ -68,7 +71,7 @@ class RequestTimer:
             self.metrics.ttft.observe(moment - self.start)
             self.first_token_seen = True
         self.last = moment
-        self.metrics.generation_tokens.inc()
+        self.metrics.generation_tokens.inc(count)
 
     def finished(self, finish_reason: str | None) -> None:
         self.metrics.requests.labels(finish_reason=finish_reason or "abort").inc()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.model_info import ModelInfo
+from nanovllm_core.pooling import PoolingParams
 from nanovllm_core.sampling_params import SamplingParams
 
 # fields of the OpenAI API that this server recognises but does not implement
@@ -357,6 +358,20 @@ class CompletionRequest(SamplingFields):
         return self.logprobs
 
 
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit
+
+
+class EmbeddingRequest(RequestModel):
+    model: str | None = None
+    input: str | Annotated[list[str], Field(max_length=MAX_EMBEDDING_INPUTS)] | list[StrictInt] | Annotated[
+        list[list[StrictInt]], Field(max_length=MAX_EMBEDDING_INPUTS)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+
+    def to_pooling_params(self) -> PoolingParams:
+        return PoolingParams(dimensions=self.dimensions)
+
+
 class TokenizeRequest(RequestModel):
     model: str | None = None
     prompt: str | None = None
@@ -386,6 +401,24 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: dict[str, int] | None = None
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class TopLogprob(BaseModel):

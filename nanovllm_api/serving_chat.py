@@ -34,6 +34,7 @@ from nanovllm_core.outputs import SampledToken
 async def create_chat_completion(request: ChatCompletionRequest, raw: Request, ctx: ServingContext):
     model = ctx.check_model(request.model)
     check_fields(request)
+    ctx.model.check_task("generate")
     if request.top_logprobs is not None and not request.logprobs:
         raise BadRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = tool_use(request, ctx.tool_parser)

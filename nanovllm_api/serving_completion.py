@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -17,31 +16,15 @@ from nanovllm_api.usage import StreamUsage, usage
 from nanovllm_core.outputs import SampledToken
 
 
-async def _prompts(ctx: ServingContext, prompt) -> list[list[int]]:
-    """Text, texts, token ids or lists of token ids, as token-id lists (text tokenized off the event loop)."""
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    if not prompt:
-        raise BadRequest("prompt must not be empty", param="prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    for text in prompt:
-        if isinstance(text, str):
-            ctx.check_prompt_chars([text])
-    tokenizer = ctx.tokenizer
-    return await asyncio.to_thread(
-        lambda: [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompt]
-    )
-
-
 async def create_completion(request: CompletionRequest, raw: Request, ctx: ServingContext):
     model = ctx.check_model(request.model)
     check_fields(request)
+    ctx.model.check_task("generate")
     if request.best_of not in (None, request.n):
         raise BadRequest("best_of other than n is not supported", param="best_of")
     if request.echo and request.logprobs is not None:
         raise BadRequest("echo together with logprobs (prompt logprobs) is not supported", param="echo")
-    prompts = await _prompts(ctx, request.prompt)
+    prompts = await ctx.prompt_token_ids(request.prompt, param="prompt")
     params = request.to_sampling_params(ctx.model)
     # choice index = prompt index * n + choice within the prompt
     sequences = [(prompt_ids, p) for prompt_ids in prompts for p in params]

@@ -3,6 +3,7 @@ names, and the model's tokenizer-side helpers (chat rendering, token bytes)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from nanovllm_api.chat_template import ChatRenderer
@@ -65,6 +66,23 @@ class ServingContext:
                 f"This model's maximum context length is {max_model_len} tokens; the prompt's {chars} "
                 f"characters are more than that many tokens can hold. Please shorten the prompt."
             )
+
+    async def prompt_token_ids(self, prompt: str | list, param: str) -> list[list[int]]:
+        """Text, texts, token ids or lists of token ids, as token-id lists; the text is
+        bounded first, then tokenized off the event loop."""
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise BadRequest(f"{param} must not be empty", param=param)
+        if all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]
+        for text in prompt:
+            if isinstance(text, str):
+                self.check_prompt_chars([text])
+        tokenizer = self.tokenizer
+        return await asyncio.to_thread(
+            lambda: [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompt]
+        )
 
     def check_model(self, name: str | None) -> str:
         if name is None:

@@ -33,3 +33,11 @@ def register_grammar_backends(register):
 def register_tool_call_parsers(register):
     register("hermes", "nanovllm_core.tool_calls.hermes:HermesToolCallParser")
     register("smollm2", "nanovllm_core.tool_calls.smollm2:SmolLM2ToolCallParser")
+
+
+@hookimpl
+def register_poolers(register):
+    register("mean", "nanovllm_core.pooling:MeanPooler")
+    register("cls", "nanovllm_core.pooling:CLSPooler")
+    register("last", "nanovllm_core.pooling:LastTokenPooler")
+    register("max", "nanovllm_core.pooling:MaxPooler")

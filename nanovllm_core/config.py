@@ -94,6 +94,14 @@ class EngineConfig(BaseSettings):
         "request leaves out (temperature, top_p, top_k, min_p, repetition_penalty), as vLLM does; none: OpenAI's "
         "defaults."
     )
+    task: Literal["auto", "generate", "embed"] = Field(
+        "auto", description="generate: completions and chat; embed: /v1/embeddings. auto: embed for a model that "
+        "cannot generate (an encoder such as BERT) or a sentence-transformers checkpoint (modules.json), else generate."
+    )
+    pooler: str = Field(
+        "auto", description="How an embedding pools its tokens' states: a registered pooler (mean, cls, last, max, "
+        "or a plugin's); auto: as the checkpoint's sentence-transformers files say, else as the model prefers."
+    )
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of prompts that share a prefix.")
     enforce_eager: bool = Field(False, description="Never capture CUDA graphs.")
     seed: int = Field(0, description="Seed for requests that do not set their own.")

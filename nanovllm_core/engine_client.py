@@ -19,6 +19,7 @@ from nanovllm_core.errors import InvalidRequestError
 if TYPE_CHECKING:
     from nanovllm_core.model_info import ModelInfo
     from nanovllm_core.outputs import RequestOutput
+    from nanovllm_core.pooling import PoolingParams
     from nanovllm_core.sampling_params import SamplingParams
 
 
@@ -98,3 +99,8 @@ class EngineClient(Protocol):
         """Check each (prompt token ids, params) sequence (InvalidRequestError), the
         capacity (QueueFull, EngineUnavailable), compile their shared constraint if any
         (GrammarCompileTimeout, InvalidRequestError), then submit them all at once."""
+
+    async def encode(self, request_id: str, prompts: list[list[int]], params: PoolingParams) -> GenerationStream:
+        """Check each prompt as an embedding request (InvalidRequestError, also for a model that
+        does not embed) and the capacity, then submit them; each prompt's only output carries
+        its ``embedding``."""

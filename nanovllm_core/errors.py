@@ -11,5 +11,5 @@ class InvalidRequestError(ValueError):
 
 
 class ContextLengthError(InvalidRequestError):
-    def __init__(self, message: str):
-        super().__init__(message, param="max_tokens", code="context_length_exceeded")
+    def __init__(self, message: str, param: str = "max_tokens"):
+        super().__init__(message, param=param, code="context_length_exceeded")

@@ -35,7 +35,14 @@ def register_model_architectures(register):
     - ``forward(input_ids, positions) -> hidden_states`` over a flat batch of
       tokens (``[num_tokens]`` each), using ``nanovllm_core.layers.Attention``
       for attention so that the paged KV cache and backends work;
-    - ``compute_logits(hidden_states) -> logits`` (``[n, vocab]``);
+    - ``compute_logits(hidden_states) -> logits`` (``[n, vocab]``), for a model
+      that generates. A model without it is an embedding model: it serves
+      ``/v1/embeddings`` only. An encoder (BERT) builds its ``Attention``
+      layers with ``causal=False``: they attend within each sequence and keep
+      no KV cache;
+    - optionally ``default_pooler``: the registered pooler its embeddings use
+      when the checkpoint's sentence-transformers files do not say
+      (``"last"`` if absent);
     - either ``packed_modules_mapping`` (checkpoint name fragment ->
       ``(fused parameter fragment, shard id)``), used by the generic loader, or
       its own ``load_weights(weights)`` taking ``(name, tensor)`` pairs.
@@ -101,4 +108,17 @@ def register_tool_call_parsers(register):
     carries tools and earlier calls into the prompt for chat templates that do
     not render them. ``nanovllm_core.tool_calls.TaggedJsonToolCallParser``
     already parses JSON calls inside tags.
+    """
+
+
+@hookspec
+def register_poolers(register):
+    """Register poolers, keyed by the name passed as the ``pooler`` setting.
+
+    The target is a ``nanovllm_core.pooling.Pooler`` subclass, built with no
+    arguments, whose ``pool(hidden_states)`` turns the final hidden states of
+    one sequence's tokens (``[num_tokens, hidden]``) into its embedding
+    (``[hidden]``). Normalisation and ``dimensions`` are applied after it.
+    By default a model pools as its sentence-transformers ``modules.json``
+    says (``1_Pooling/config.json``), else as the model class prefers.
     """

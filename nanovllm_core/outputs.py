@@ -4,6 +4,7 @@ the engine, its clients and the server, so it imports nothing of the engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -29,3 +30,4 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     new_logprobs: list[SampledToken] = field(default_factory=list)
+    embedding: Any = None  # an embedding request's vector (a float32 CPU tensor), on its only output

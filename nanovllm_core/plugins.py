@@ -32,6 +32,7 @@ REGISTRY_KINDS = {
     "register_samplers": "sampler",
     "register_grammar_backends": "grammar backend",
     "register_tool_call_parsers": "tool-call parser",
+    "register_poolers": "pooler",
 }
 
 
@@ -107,3 +108,7 @@ def grammar_backends() -> Registry:
 
 def tool_call_parsers() -> Registry:
     return get_registry("register_tool_call_parsers")
+
+
+def poolers() -> Registry:
+    return get_registry("register_poolers")

@@ -68,12 +68,15 @@ def log_text(server: ServerProcess) -> str:
     return Path(server.log.name).read_text()
 
 
-def metric(server: ServerProcess, name: str) -> float:
+def metric(server: ServerProcess, name: str, default: float | None = None) -> float:
+    """A sample's value; ``default`` for a labelled one not yet seen."""
     text = httpx.get(f"{server.url}/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:
                 return sample.value
+    if default is not None:
+        return default
     raise KeyError(name)
 
 

@@ -59,6 +59,12 @@ def test_tokenize_and_detokenize_round_trip(server):
     assert chat["count"] == 37  # the model's own template, with its default system prompt
 
 
+def test_a_generative_model_refuses_embeddings(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="SmolLM2-135M-Instruct", input="hello")
+    assert refused.value.code == "unsupported_task" and "/v1/chat/completions" in refused.value.message
+
+
 def test_metrics_parse_and_count(server, client):
     before = metric(server, "nanovllm_generation_tokens_total")
     client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0)

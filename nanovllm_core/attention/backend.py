@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -76,6 +77,22 @@ class AttentionBackend:
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         """Store the new K/V in the cache, then attend."""
         raise NotImplementedError
+
+    def forward_bidirectional(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, metadata: AttentionMetadata, scale: float
+    ) -> torch.Tensor:
+        """An encoder's attention: each sequence's whole prompt is in the step, every token
+        attends to every token of its sequence, and nothing is cached. This portable version
+        runs PyTorch's SDPA per sequence; a backend may override it with a varlen kernel."""
+        output = torch.empty_like(query)
+        start = 0
+        for length in metadata.query_lens_host:
+            end = start + length
+            q, k, v = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+            output[start:end] = out[0].transpose(0, 1)
+            start = end
+        return output
 
 
 _current_metadata: AttentionMetadata | None = None

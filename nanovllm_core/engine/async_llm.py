@@ -34,6 +34,7 @@ from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.model_info import ModelInfo
 from nanovllm_core.outputs import RequestOutput
+from nanovllm_core.pooling import PoolingParams
 from nanovllm_core.sampling_params import SamplingParams
 
 __all__ = ["AsyncLLM", "work_unless_rank_zero"]  # the second: a server under torchrun calls it first
@@ -163,15 +164,16 @@ class AsyncLLM:
         for request_id in list(self._sinks):
             self._fail(request_id, EngineFailed(str(error)))
 
-    def check_available(self, num_sequences: int) -> None:
+    def check_available(self, num_sequences: int, param: str = "n") -> None:
+        """``param``: what the request would change to need fewer sequences."""
         if self.state is EngineState.LOADING:
             raise EngineUnavailable("The model is still loading; retry shortly.")
         if self.state is not EngineState.READY:
             raise EngineUnavailable("The engine is not running.")
         if num_sequences > self.max_sequences:  # never admissible: retrying cannot help
             raise InvalidRequestError(
-                f"The request needs {num_sequences} sequences (prompts x n) but the server holds at most "
-                f"{self.max_sequences} at once (max_num_seqs + max_queued_sequences).", param="n")
+                f"The request needs {num_sequences} sequences (prompts x n, or inputs) but the server holds at most "
+                f"{self.max_sequences} at once (max_num_seqs + max_queued_sequences).", param=param)
         if self.num_sequences + num_sequences > self.max_sequences:
             raise QueueFull("The server is at capacity; retry shortly.")
 
@@ -185,6 +187,16 @@ class AsyncLLM:
         guided = sequences[0][1].guided
         grammar = await self._compile_grammar(guided) if guided is not None else None
         self.check_available(len(sequences))  # again: others may have come in while this one compiled
+        return self._submit(request_id, sequences, grammar)
+
+    async def encode(self, request_id: str, prompts: list[list[int]], params: PoolingParams) -> AsyncStream:
+        """Submit each prompt as an embedding request; each one's only output carries its vector."""
+        info = self.model_info
+        sequences = [(prompt_ids, info.check_embedding_request(prompt_ids, params)) for prompt_ids in prompts]
+        self.check_available(len(sequences), param="input")
+        return self._submit(request_id, sequences, None)
+
+    def _submit(self, request_id: str, sequences: list[tuple[list[int], object]], grammar: object | None) -> AsyncStream:
         stream = AsyncStream(self, [f"{request_id}-{index}" for index in range(len(sequences))])
         for index, (sub_id, (prompt_ids, params)) in enumerate(zip(stream.ids, sequences)):
             self._sinks[sub_id] = (stream, index)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence as SequenceOf
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.llm_engine import LLMEngine
 from nanovllm_core.engine.model_runner import work_unless_rank_zero
+from nanovllm_core.outputs import RequestOutput
+from nanovllm_core.pooling import PoolingParams
 from nanovllm_core.sampling_params import SamplingParams
 
 
@@ -43,34 +46,51 @@ class LLM:
     ) -> list[dict[str, Any]]:
         """Generate for every prompt (text or token ids); results in prompt order,
         each ``{"text", "token_ids", "finish_reason", "prompt_token_ids"}``."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
+        prompts = _as_list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
+        outputs = self._run(prompts, sampling_params, "Generating", use_tqdm)
+        return [
+            {"text": output.text, "token_ids": list(output.output_token_ids), "finish_reason": output.finish_reason,
+             "prompt_token_ids": prompt_ids}
+            for output, prompt_ids in outputs
+        ]
+
+    def embed(
+        self, prompts: str | list[int] | SequenceOf[str | list[int]], pooling_params: PoolingParams | None = None,
+        use_tqdm: bool = True,
+    ) -> list[torch.Tensor]:
+        """The embedding of every prompt (text or token ids), in prompt order, for a model
+        served with task embed: float32 tensors, pooled as the engine is configured."""
+        prompts = _as_list(prompts)
+        params = [pooling_params or PoolingParams()] * len(prompts)
+        return [output.embedding for output, _ in self._run(prompts, params, "Embedding", use_tqdm)]
+
+    def _run(self, prompts: list, params: list, description: str, use_tqdm: bool) -> list[tuple[RequestOutput, list[int]]]:
+        """Add every request, step until all finish; each final output with its prompt's ids."""
         request_ids = [f"offline-{id(self)}-{i}" for i in range(len(prompts))]
         seqs = []
         try:
-            for request_id, prompt, params in zip(request_ids, prompts, sampling_params):
-                seqs.append(self.engine.add_request(request_id, prompt, params))
+            for request_id, prompt, request_params in zip(request_ids, prompts, params):
+                seqs.append(self.engine.add_request(request_id, prompt, request_params))
         except ValueError:  # a bad prompt: the ones before it must not linger in the engine
             for seq in seqs:
                 self.engine.abort_request(seq.request_id)
             raise
-        results: dict[str, dict[str, Any]] = {}
-        with tqdm(total=len(prompts), desc="Generating", disable=not use_tqdm, unit="req") as progress:
+        finals: dict[str, RequestOutput] = {}
+        with tqdm(total=len(prompts), desc=description, disable=not use_tqdm, unit="req") as progress:
             while self.engine.has_unfinished_requests():
                 for output in self.engine.step():
                     if output.finished:
-                        results[output.request_id] = {
-                            "text": output.text,
-                            "token_ids": list(output.output_token_ids),
-                            "finish_reason": output.finish_reason,
-                        }
+                        finals[output.request_id] = output
                         progress.update(1)
-        for seq in seqs:
-            results[seq.request_id]["prompt_token_ids"] = seq.prompt_token_ids
-        return [results[rid] for rid in request_ids]
+        return [(finals[seq.request_id], seq.prompt_token_ids) for seq in seqs]
+
+
+def _as_list(prompts) -> list:
+    """One prompt (text or token ids) or many, as a list of prompts."""
+    return [prompts] if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)) else list(prompts)

@@ -19,6 +19,7 @@ from nanovllm_core.grammar import GrammarBackend, GuidedDecoding
 from nanovllm_core.loader import resolve_model
 from nanovllm_core.model_info import ModelInfo
 from nanovllm_core.outputs import RequestOutput, SampledToken
+from nanovllm_core.pooling import PoolerConfig, PoolingParams
 from nanovllm_core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -29,13 +30,14 @@ SAMPLING_DEFAULT_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition
 
 
 class RequestState:
-    """A sequence and the text made from it so far."""
+    """A sequence and the text made from it so far (none for an embedding request)."""
 
     def __init__(self, seq: Sequence, detokenizer: IncrementalDetokenizer | None):
         self.seq = seq
         self.detokenizer = detokenizer
-        self.stops = StopStringMatcher(seq.params.stop, seq.params.include_stop_str_in_output)
-        self.stop_token_ids = frozenset(seq.params.stop_token_ids)
+        if not seq.is_pooling:
+            self.stops = StopStringMatcher(seq.params.stop, seq.params.include_stop_str_in_output)
+            self.stop_token_ids = frozenset(seq.params.stop_token_ids)
         self.pieces: list[str] = []  # the emitted text, joined once at the end
 
 
@@ -46,13 +48,19 @@ class LLMEngine:
         self.hf_config = self.source.load_config()
         self.tokenizer = None if config.skip_tokenizer_init else self.source.load_tokenizer(config.tokenizer)
         self.eos_token_ids = self._eos_token_ids()
-        self.runner = ModelRunner(config, self.source, self.hf_config, self.eos_token_ids)
+        self.task, pooler_config = self._resolve_task()
+        self.runner = ModelRunner(config, self.source, self.hf_config, self.eos_token_ids, pooler_config)
         self.max_model_len = self.runner.max_model_len  # the setting, capped to the model's context
-        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        # an embedding request is computed whole, once: nothing to reuse, and no chunks
+        prefix_caching = config.enable_prefix_caching and self.task == "generate"
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, prefix_caching)
         self._fit_max_model_len_to_cache()
+        self._fit_max_model_len_to_step()
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.model_info = ModelInfo(self.max_model_len, self.hf_config.vocab_size, self.tokenizer,
-                                    self._sampling_defaults())
+        self.model_info = ModelInfo(
+            self.max_model_len, self.hf_config.vocab_size, self.tokenizer, self._sampling_defaults(), self.task,
+            self.hf_config.hidden_size if self.task == "embed" else None, _matryoshka(self.hf_config),
+        )
         self.requests: dict[str, RequestState] = {}
         self._seeds = random.Random(config.seed)
         self._grammar_backend: GrammarBackend | None = None  # built on the first constrained request
@@ -71,6 +79,40 @@ class LLMEngine:
                              "or lower max_model_len")
         logger.warning("%s; max_model_len is capped to %d", message, capacity)
         self.max_model_len = capacity
+
+    def _resolve_task(self) -> tuple[str, PoolerConfig | None]:
+        """generate or embed, and for embed how to pool: the checkpoint's sentence-transformers
+        files, else the model class's preference (last token), normalised either way."""
+        model_cls = plugins.model_architectures().get(self.hf_config.architectures[0])
+        can_generate = hasattr(model_cls, "compute_logits")
+        pooler_config = self.source.load_pooler_config()
+        task = self.config.task
+        if task == "auto":
+            task = "embed" if not can_generate or pooler_config is not None else "generate"
+        if task == "generate" and not can_generate:
+            raise ValueError(f"{self.hf_config.architectures[0]} has no language-model head: "
+                             "it serves embeddings only (task embed)")
+        if task == "generate":
+            return task, None
+        if pooler_config is None:
+            pooler_config = PoolerConfig(getattr(model_cls, "default_pooler", "last"), normalize=True)
+        if self.config.pooler != "auto":
+            pooler_config = PoolerConfig(self.config.pooler, pooler_config.normalize)
+        plugins.poolers().get(pooler_config.pooler)  # an unknown name fails here, naming the installed ones
+        logger.info("task embed: %s pooling%s", pooler_config.pooler, ", normalised" if pooler_config.normalize else "")
+        return task, pooler_config
+
+    def _fit_max_model_len_to_step(self) -> None:
+        """An embedding request runs in one step, so it can be no longer than a step's budget."""
+        budget = self.config.max_num_batched_tokens
+        if self.task != "embed" or self.max_model_len <= budget:
+            return
+        message = f"embedding inputs run whole in one step: max_model_len {self.max_model_len} > " \
+                  f"max_num_batched_tokens {budget}"
+        if "max_model_len" in self.config.model_fields_set:
+            raise ValueError(f"{message}; raise max_num_batched_tokens or lower max_model_len")
+        logger.warning("%s; max_model_len is capped to %d", message, budget)
+        self.max_model_len = budget
 
     @property
     def vocab_size(self) -> int:
@@ -126,20 +168,29 @@ class LLMEngine:
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
     def add_request(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams, grammar: object | None = None
+        self, request_id: str, prompt: str | list[int], params: SamplingParams | PoolingParams,
+        grammar: object | None = None,
     ) -> Sequence:
         """Check the request, then add it; InvalidRequestError if it cannot run."""
         prompt_token_ids = self.tokenize(prompt)
-        params = self.model_info.check_request(prompt_token_ids, params)
+        info = self.model_info
+        check = info.check_embedding_request if isinstance(params, PoolingParams) else info.check_request
+        params = check(prompt_token_ids, params)
         return self.add_checked_request(request_id, prompt_token_ids, params, grammar)
 
     def add_checked_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, grammar: object | None = None
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | PoolingParams,
+        grammar: object | None = None,
     ) -> Sequence:
         """Add a request that ``model_info.check_request`` passed (an engine client checks it
         before it reaches this thread). ``grammar``: ``params.guided`` compiled already, else compiled here."""
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        if isinstance(params, PoolingParams):
+            seq = Sequence(request_id, prompt_token_ids, params, seed=0)
+            self.requests[request_id] = RequestState(seq, None)
+            self.scheduler.add(seq)
+            return seq
         seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
         seq = Sequence(request_id, prompt_token_ids, params, seed & SEED_MASK)
         if params.guided is not None:
@@ -178,7 +229,19 @@ class LLMEngine:
             return []
         return self.scheduler.postprocess(batch, self.runner.execute(batch), self._process)
 
-    def _process(self, seq: Sequence, sampled: SampledToken) -> RequestOutput:
+    def _process(self, seq: Sequence, result: SampledToken | object) -> RequestOutput:
+        return self._finish_embedding(seq, result) if seq.is_pooling else self._append(seq, result)
+
+    def _finish_embedding(self, seq: Sequence, embedding: object) -> RequestOutput:
+        seq.finish("stop")
+        del self.requests[seq.request_id]
+        return RequestOutput(
+            request_id=seq.request_id, new_token_ids=[], new_text="", output_token_ids=[], text="", finished=True,
+            finish_reason="stop", stop_reason=None, num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=0,
+            embedding=embedding,
+        )
+
+    def _append(self, seq: Sequence, sampled: SampledToken) -> RequestOutput:
         """Append a sampled token, detokenize it, and finish the sequence if it stops."""
         state = self.requests[seq.request_id]
         token = sampled.token_id
@@ -219,3 +282,9 @@ class LLMEngine:
             num_cached_tokens=seq.num_cached_tokens,
             new_logprobs=[sampled] if params.logprobs is not None else [],
         )
+
+
+def _matryoshka(hf_config) -> bool:
+    """Whether embeddings may be cut short (``dimensions``): the config says it was trained
+    for it, as vLLM reads it (``is_matryoshka`` or ``matryoshka_dimensions``)."""
+    return bool(getattr(hf_config, "is_matryoshka", False) or getattr(hf_config, "matryoshka_dimensions", None))

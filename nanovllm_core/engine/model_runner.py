@@ -30,6 +30,7 @@ from nanovllm_core.layers.attention import Attention
 from nanovllm_core.layers.quantization import quantize_model_
 from nanovllm_core.loader import ModelSource, load_model_weights, resolve_model
 from nanovllm_core.outputs import SampledToken
+from nanovllm_core.pooling import PoolerConfig, embed
 from nanovllm_core.engine.sampling_inputs import build_sampling_batch, ending_token_ids
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ def select_attention_backend(name: str, device: torch.device) -> type[AttentionB
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, source: ModelSource, hf_config, eos_token_ids: set[int]):
+    """``pooler_config``: how embeddings pool, for an engine that serves them (rank 0 only)."""
+
+    def __init__(self, config: EngineConfig, source: ModelSource, hf_config, eos_token_ids: set[int],
+                 pooler_config: PoolerConfig | None = None):
         self.config = config
         self.hf_config = hf_config
         self.eos_token_ids = eos_token_ids
@@ -115,11 +119,15 @@ class ModelRunner:
         self.model = self._build_model(source)
         # only rank 0 samples; the other ranks never need (or load) the sampler
         self.sampler = plugins.samplers().get(config.sampler)() if get_tp_rank() == 0 else None
+        self.pooler_config = pooler_config
+        self.pooler = plugins.poolers().get(pooler_config.pooler)() if pooler_config is not None else None
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         layer = self.attention_layers[0]
         backend_cls = select_attention_backend(config.attention_backend, self.device)
         self.backend = backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, self.block_size)
-        self.num_blocks = self._allocate_kv_cache()
+        # an encoder's layers attend within the step and cache nothing
+        self.keeps_kv = any(layer.causal for layer in self.attention_layers)
+        self.num_blocks = self._allocate_kv_cache() if self.keeps_kv else self._attend_without_cache()
         self.cuda_graphs = self._capture_cuda_graphs()
         logger.info(
             "model %s on %s in %s, attention backend %s, KV cache %d blocks of %d tokens",
@@ -210,21 +218,31 @@ class ModelRunner:
         self._set_kv_cache(num_blocks)
         return num_blocks
 
+    def _attend_without_cache(self) -> int:
+        """Give the layers their backend and no cache. The blocks returned exist only
+        for the scheduler's accounting: enough for max_num_seqs sequences of max_model_len."""
+        for layer in self.attention_layers:
+            layer.backend = self.backend
+        return self.config.max_num_seqs * -(-self.max_model_len // self.block_size)
+
     def _capture_cuda_graphs(self) -> CudaGraphRunner | None:
-        if self.device.type != "cuda" or self.config.enforce_eager or not self.backend.supports_cuda_graphs:
+        if (self.device.type != "cuda" or self.config.enforce_eager or not self.backend.supports_cuda_graphs
+                or not self.keeps_kv):
             return None
         max_blocks = -(-self.max_model_len // self.block_size)
         return CudaGraphRunner(self.model, min(self.config.max_num_seqs, 512), max_blocks, self.device)
 
-    def _prepare(self, batch: ScheduledBatch) -> tuple[StepInputs, list[bool]]:
-        """The step's tensors, and for each sequence whether it samples a token this step
-        (its last token is computed) or is a prompt still being prefilled in chunks."""
+    def _prepare(self, batch: ScheduledBatch) -> tuple[StepInputs, list[bool], list[tuple[int, int, int]]]:
+        """The step's tensors; for each sequence whether it samples a token this step (its
+        last token is computed) or is a prompt still being prefilled in chunks; and the
+        embedding requests, whole in this step, as (row, first token, end) in the flat batch."""
         input_ids: list[int] = []
         positions: list[int] = []
         token_rows: list[int] = []
         context_lens: list[int] = []
         sample_indices: list[int] = []
         samples: list[bool] = []
+        pooled: list[tuple[int, int, int]] = []
         for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start = seq.num_computed_tokens
             end = start + num_new
@@ -232,9 +250,11 @@ class ModelRunner:
             positions.extend(range(start, end))
             token_rows.extend([row] * num_new)
             context_lens.append(end)
-            samples.append(end == len(seq))
+            samples.append(end == len(seq) and not seq.is_pooling)
             if samples[-1]:
                 sample_indices.append(len(input_ids) - 1)
+            elif seq.is_pooling:  # the scheduler never splits an embedding request
+                pooled.append((row, len(input_ids) - num_new, len(input_ids)))
         width = max(len(seq.block_table) for seq in batch.seqs)
         block_tables = torch.tensor(
             [seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs], dtype=torch.int64
@@ -260,10 +280,11 @@ class ModelRunner:
             metadata=metadata,
             sample_indices=torch.tensor(sample_indices, dtype=torch.int64).to(self.device, non_blocking=True),
         )
-        return inputs, samples
+        return inputs, samples, pooled
 
-    def _forward(self, inputs: StepInputs, num_seqs: int) -> torch.Tensor | None:
-        """Logits of the sampled rows (None if no row samples), the same on every rank."""
+    def _forward(self, inputs: StepInputs, num_seqs: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The hidden states of every token, and the logits of the sampled rows (None if
+        no row samples), the same on every rank."""
         metadata = inputs.metadata
         graphs = self.cuda_graphs
         if graphs is not None and graphs.can_run(num_seqs, metadata.num_decode_tokens, metadata.block_tables.shape[1]):
@@ -272,20 +293,25 @@ class ModelRunner:
             with forward_context(metadata):
                 hidden_states = self.model(inputs.input_ids, inputs.positions)
         if not inputs.sample_indices.numel():
-            return None
-        return self.model.compute_logits(hidden_states[inputs.sample_indices]).float()
+            return hidden_states, None
+        return hidden_states, self.model.compute_logits(hidden_states[inputs.sample_indices]).float()
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> list[SampledToken | None]:
-        """Run one step; return a token for each sequence of the batch whose last
-        token was computed, None for prompts still being prefilled in chunks."""
-        inputs, samples = self._prepare(batch)
+    def execute(self, batch: ScheduledBatch) -> list[SampledToken | torch.Tensor | None]:
+        """Run one step; return a token for each sequence of the batch whose last token
+        was computed, the embedding (float32, CPU) of each embedding request, and None
+        for prompts still being prefilled in chunks."""
+        inputs, samples, pooled = self._prepare(batch)
         if self.workers is not None:
             self.workers.check_alive()
             inputs.broadcast(len(batch))
-        logits = self._forward(inputs, len(batch))
+        hidden_states, logits = self._forward(inputs, len(batch))
+        results: list = [None] * len(batch)
+        for row, start, end in pooled:
+            results[row] = embed(self.pooler, hidden_states[start:end], self.pooler_config.normalize,
+                                 batch.seqs[row].params)
         if logits is None:
-            return [None] * len(batch)
+            return results
         sampled_seqs = [seq for seq, sample in zip(batch.seqs, samples) if sample]
         constrained = [(row, seq.grammar) for row, seq in enumerate(sampled_seqs) if seq.grammar is not None]
         only_end = set()
@@ -294,7 +320,7 @@ class ModelRunner:
             only_end = self._rows_that_can_only_end(logits, sampled_seqs, [row for row, _ in constrained])
         sampling = build_sampling_batch(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids, only_end)
         tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
-        return [next(tokens) if sample else None for sample in samples]
+        return [next(tokens) if sample else result for sample, result in zip(samples, results)]
 
     def _rows_that_can_only_end(self, logits: torch.Tensor, seqs: list, rows: list[int]) -> set[int]:
         """Constrained rows, still short of min_tokens, whose grammar allows nothing but ending:

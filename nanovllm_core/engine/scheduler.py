@@ -4,7 +4,8 @@ Every step has a token budget (``max_num_batched_tokens``). Running sequences
 go first, in arrival order: a decode costs one token, an unfinished prompt the
 rest of its chunk. Waiting sequences are then admitted while budget, sequence
 slots and KV blocks last; a prompt longer than what is left is prefilled in
-chunks over several steps, so it never stalls the decodes around it. When a
+chunks over several steps, so it never stalls the decodes around it (an
+embedding request is never split: it waits for a step with room for all of it). When a
 running sequence needs a block and none is free, the newest running sequence
 is preempted: its blocks are freed and it is recomputed later.
 """
@@ -98,7 +99,7 @@ class Scheduler:
             seq = self.waiting[0]
             cached = self.block_manager.find_cached_blocks(seq)
             num_new = min(len(seq) - len(cached) * self.block_manager.block_size, budget)
-            if not self.block_manager.can_admit(seq, cached, num_new):
+            if seq.is_pooling and num_new < len(seq) or not self.block_manager.can_admit(seq, cached, num_new):
                 break
             self.waiting.popleft()
             self.block_manager.admit(seq, cached)

@@ -6,6 +6,7 @@ import time
 from enum import Enum, auto
 
 from nanovllm_core.grammar import GrammarMatcher
+from nanovllm_core.pooling import PoolingParams
 from nanovllm_core.sampling_params import SamplingParams
 
 
@@ -16,7 +17,8 @@ class SequenceStatus(Enum):
 
 
 class Sequence:
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, seed: int):
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | PoolingParams,
+                 seed: int):
         self.request_id = request_id
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -53,6 +55,11 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_pooling(self) -> bool:
+        """An embedding request: its prompt runs once, whole, and it ends with a vector."""
+        return isinstance(self.params, PoolingParams)
 
     @property
     def is_finished(self) -> bool:

@@ -1,5 +1,8 @@
 """The attention layer models use: projections stay in the model; this layer
-owns the KV cache of its layer and hands the work to the engine's backend."""
+owns the KV cache of its layer and hands the work to the engine's backend.
+
+``causal=False`` makes an encoder's attention: every token of a sequence sees
+every other, within the step, and nothing is cached."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ from nanovllm_core.attention.backend import AttentionBackend, get_forward_contex
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int):
+    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int, causal: bool = True):
         super().__init__()
+        self.causal = causal
         self.num_heads = num_heads  # on this tensor-parallel rank
         self.head_dim = head_dim
         self.scale = scale
@@ -23,13 +27,11 @@ class Attention(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """``query`` [tokens, heads * head_dim], ``key``/``value`` [tokens, kv_heads * head_dim]."""
         tokens = query.shape[0]
-        out = self.backend.forward(
-            query.view(tokens, self.num_heads, self.head_dim),
-            key.view(tokens, self.num_kv_heads, self.head_dim),
-            value.view(tokens, self.num_kv_heads, self.head_dim),
-            self.k_cache,
-            self.v_cache,
-            get_forward_context(),
-            self.scale,
-        )
+        query = query.view(tokens, self.num_heads, self.head_dim)
+        key = key.view(tokens, self.num_kv_heads, self.head_dim)
+        value = value.view(tokens, self.num_kv_heads, self.head_dim)
+        if self.causal:
+            out = self.backend.forward(query, key, value, self.k_cache, self.v_cache, get_forward_context(), self.scale)
+        else:
+            out = self.backend.forward_bidirectional(query, key, value, get_forward_context(), self.scale)
         return out.view(tokens, self.num_heads * self.head_dim)

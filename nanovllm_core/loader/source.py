@@ -11,6 +11,8 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from nanovllm_core.loader.gguf_weights import gguf_config_extras
+from nanovllm_core.loader.sentence_transformers import read_pooler_config
+from nanovllm_core.pooling import PoolerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,10 @@ class ModelSource:
             for name, value in gguf_config_extras(self.path).items():
                 setattr(config, name, value)
         return config
+
+    def load_pooler_config(self) -> PoolerConfig | None:
+        """How the checkpoint's sentence-transformers files say to pool; None if they do not."""
+        return None if self.is_gguf else read_pooler_config(self.path)
 
     def load_tokenizer(self, tokenizer_path: str | None = None) -> PreTrainedTokenizerBase:
         if tokenizer_path:
