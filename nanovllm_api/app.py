@@ -26,7 +26,7 @@ from nanovllm_api.protocol import (
     TokenizeRequest,
 )
 from nanovllm_api.serving_context import ServingContext
-from nanovllm_core import __version__
+from nanovllm_core import __version__, plugins
 from nanovllm_core.engine.async_llm import AsyncLLM
 from nanovllm_core.engine_client import EngineClient, EngineState
 from nanovllm_core.loader import resolve_model
@@ -83,6 +83,7 @@ def build_app(config: ServerConfig) -> FastAPI:
         engine=engine,
         metrics=Metrics(engine),
         model_names=config.served_model_name or [source.name],
+        reasoning_parser=plugins.reasoning_parsers().get(config.reasoning_parser)() if config.reasoning_parser else None,
     )
 
     async def finish_loading() -> None:

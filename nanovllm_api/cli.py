@@ -16,6 +16,7 @@ from typing import Any
 from nanovllm_api.config import ServerConfig
 from nanovllm_core import plugins
 from nanovllm_core.config import DTYPE_ALIASES
+from nanovllm_core.loader.source import ModelNotFoundError
 
 FLAG_ALIASES = {"config_file": "--config"}
 EXTRA_CHOICES = {"dtype": list(DTYPE_ALIASES)}  # the config normalises these
@@ -59,7 +60,7 @@ def build_parser(config_cls: type[ServerConfig] = ServerConfig, prog: str = "nan
         parser.add_argument(flag, dest=name, help=help_text, **options)
     parser.add_argument(
         "--list-plugins", action="store_true", default=False, help="List installed models, attention backends, "
-        "chat templates, samplers, grammar backends, tool-call parsers and poolers, with the distribution providing each, and exit."
+        "chat templates, samplers, grammar backends, tool-call parsers, reasoning parsers and poolers, with the distribution providing each, and exit."
     )
     return parser
 
@@ -67,7 +68,8 @@ def build_parser(config_cls: type[ServerConfig] = ServerConfig, prog: str = "nan
 def format_plugins() -> str:
     lines = []
     registries = (plugins.model_architectures(), plugins.attention_backends(), plugins.chat_templates(),
-                  plugins.samplers(), plugins.grammar_backends(), plugins.tool_call_parsers(), plugins.poolers())
+                  plugins.samplers(), plugins.grammar_backends(), plugins.tool_call_parsers(), plugins.reasoning_parsers(),
+                  plugins.poolers())
     for registry in registries:
         lines.append(f"{registry.kind}s:")
         lines.extend(f"  {entry.name:<24} {entry.provider}" for entry in registry.entries())
@@ -85,4 +87,7 @@ def main(argv: list[str] | None = None, config_cls: type[ServerConfig] = ServerC
         config = config_cls(**args)
     except ValueError as error:
         sys.exit(f"{prog}: {error}")
-    run_server(config=config)
+    try:
+        run_server(config=config)
+    except ModelNotFoundError as error:  # a wrong --model is the user's to fix: a message, not a traceback
+        sys.exit(f"{prog}: {error}")

@@ -30,6 +30,11 @@ class ServerConfig(EngineConfig):
         None, description="How the model writes tool calls: a registered parser (see --list-plugins); "
         "default: hermes if the chat template renders tool calls, else smollm2."
     )
+    reasoning_parser: str | None = Field(
+        None, description="How the model marks its thinking (qwen3, deepseek_r1, or a plugin's; see --list-plugins): "
+        "the thinking goes to message.reasoning_content, tool calls and response_format apply to the answer. "
+        "Default: none, all output is content."
+    )
     api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1/* (also NANOVLLM_API_KEY).")
     max_queued_sequences: int = Field(
         256, ge=0, description="Sequences that may wait beyond max_num_seqs; more are refused with 429."
@@ -57,6 +62,14 @@ class ServerConfig(EngineConfig):
     @classmethod
     def _installed_parser(cls, name: str | None) -> str | None:
         parsers = plugins.tool_call_parsers()
+        if name is not None and name not in parsers:
+            raise ValueError(parsers.describe_missing(name))
+        return name
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _installed_reasoning_parser(cls, name: str | None) -> str | None:
+        parsers = plugins.reasoning_parsers()
         if name is not None and name not in parsers:
             raise ValueError(parsers.describe_missing(name))
         return name

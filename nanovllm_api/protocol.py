@@ -105,10 +105,24 @@ class JsonSchemaFormat(BaseModel):
     strict: bool | None = None  # the output always follows the schema, strict or not
 
 
+class TagStructure(BaseModel):
+    """vLLM's older structural tag: text between ``begin`` and ``end`` follows ``schema``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    begin: Annotated[str, Field(min_length=1, max_length=MAX_GUIDED_CHOICE_CHARS)]
+    json_schema: dict[str, Any] = Field(alias="schema")
+    end: Annotated[str, Field(max_length=MAX_GUIDED_CHOICE_CHARS)]
+
+
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["text", "json_object", "json_schema"]
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
     json_schema: JsonSchemaFormat | None = None
+    # structural_tag: xgrammar's format object (vLLM's newer form), or structures and triggers (its older one)
+    format: dict[str, Any] | None = None
+    structures: Annotated[list[TagStructure], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
+    triggers: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_GUIDED_CHOICE_CHARS)]],
+                        Field(min_length=1, max_length=MAX_TOOLS)] | None = None
 
     def to_guided_decoding(self) -> GuidedDecoding | None:
         """The grammar this format asks for; a schema that is not one is a 400."""
@@ -116,10 +130,30 @@ class ResponseFormat(BaseModel):
             return None
         if self.type == "json_object":
             return GuidedDecoding("json_object")
+        if self.type == "structural_tag":
+            return self._structural_tag()
         if self.json_schema is None:
             raise InvalidRequestError("response_format of type 'json_schema' needs a 'json_schema' object",
                                       param="response_format")
         return _json_schema_decoding(self.json_schema.json_schema, "response_format")
+
+    def _structural_tag(self) -> GuidedDecoding:
+        """Either form as xgrammar's structural tag: the older one is tags that may
+        start wherever the text reaches a trigger, as vLLM reads it."""
+        if (self.format is None) == (self.structures is None):
+            raise InvalidRequestError("a structural_tag response_format needs either 'format' or 'structures' "
+                                      "and 'triggers'", param="response_format")
+        if self.format is not None:
+            return GuidedDecoding("structural_tag", json.dumps({"type": "structural_tag", "format": self.format}))
+        if self.triggers is None:
+            raise InvalidRequestError("'structures' needs 'triggers'", param="response_format")
+        tags = []
+        for structure in self.structures:
+            _json_schema_decoding(structure.json_schema, "response_format")  # a 400 for a schema that is not one
+            tags.append({"type": "tag", "begin": structure.begin, "end": structure.end,
+                         "content": {"type": "json_schema", "json_schema": structure.json_schema}})
+        tag_format = {"type": "triggered_tags", "triggers": self.triggers, "tags": tags}
+        return GuidedDecoding("structural_tag", json.dumps({"type": "structural_tag", "format": tag_format}))
 
 
 class StructuredOutputs(BaseModel):
@@ -236,10 +270,13 @@ class SamplingFields(RequestModel):
         """None: no logprobs; 0: the chosen token's; k: and k alternatives."""
         return None
 
-    def to_sampling_params(self, model: ModelInfo, guided: GuidedDecoding | None = None) -> list[SamplingParams]:
+    def to_sampling_params(
+        self, model: ModelInfo, guided: GuidedDecoding | None = None, guided_starts_after: tuple[int, ...] = ()
+    ) -> list[SamplingParams]:
         """One SamplingParams per choice; with a seed, choice i uses seed + i so the n choices differ.
         A sampling field the request leaves out takes the model's default (generation_config.json),
-        else OpenAI's. ``guided``: a constraint other than response_format's (the tools')."""
+        else OpenAI's. ``guided``: a constraint other than response_format's (the tools');
+        ``guided_starts_after``: the tokens that end the model's thinking, where constraints start."""
         defaults = model.sampling_defaults
 
         def value(name: str, fallback: float) -> float:
@@ -266,6 +303,8 @@ class SamplingFields(RequestModel):
             skip_special_tokens=self.skip_special_tokens,
             guided=self._guided_decoding(also=guided),
         )
+        if base["guided"] is not None:
+            base["guided_starts_after"] = guided_starts_after
         # an out-of-range value raises InvalidRequestError, which the app answers with a 400
         return [SamplingParams(**base, seed=None if self.seed is None else self.seed + i) for i in range(self.n)]
 
@@ -438,6 +477,9 @@ class ChatLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    # the model's thinking, with --reasoning-parser: vLLM's name, and the one Ollama and newer vLLM use
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[ToolCall] | None = None
 
 
@@ -475,6 +517,8 @@ class ToolCallDelta(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 

@@ -40,19 +40,21 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
     tools = tool_use(request, ctx.tool_parser)
     ctx.check_prompt_chars([message.text() for message in request.messages])
 
-    def render() -> list[int]:
+    def render() -> tuple[str, list[int]]:
         prompt = ctx.renderer.render(
             request.messages, request.add_generation_prompt, request.chat_template_kwargs, tools.tools if tools else None
         )
-        return ctx.renderer.encode(prompt)
+        return prompt, ctx.renderer.encode(prompt)
 
-    prompt_ids = await asyncio.to_thread(render)  # a long conversation takes a while: not on the event loop
-    params = request.to_sampling_params(ctx.model, tools.guided() if tools else None)
+    prompt, prompt_ids = await asyncio.to_thread(render)  # a long conversation takes a while: not on the event loop
+    params = request.to_sampling_params(ctx.model, tools.guided() if tools else None,
+                                        ctx.thinking_end_token_ids(prompt))
     sequences = [(prompt_ids, p) for p in params]
     generation = await start_generation(ctx, "chatcmpl", model, [prompt_ids], sequences)
     if request.stream:
-        return StreamingResponse(event_stream(_stream(ctx, request, tools, generation)), media_type="text/event-stream")
-    return await cancel_on_disconnect(raw, _complete(ctx, request, tools, generation))
+        events = _stream(ctx, request, tools, generation, prompt)
+        return StreamingResponse(event_stream(events), media_type="text/event-stream")
+    return await cancel_on_disconnect(raw, _complete(ctx, request, tools, generation, prompt))
 
 
 def _logprobs(ctx: ServingContext, request: ChatCompletionRequest, sampled) -> ChatLogprobs | None:
@@ -73,15 +75,17 @@ def token_logprobs(tokenizer, token_bytes: TokenBytes, sampled: list[SampledToke
 
 
 async def _complete(
-    ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation
+    ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation, prompt: str
 ) -> ChatCompletionResponse:
     results = await collect(ctx, generation, [""] * len(generation.sequences))
     choices = []
     for i, result in enumerate(results):
-        content, calls = tools.parser.parse(result.text) if tools else (result.text, [])
+        reasoning, answer = ctx.split_reasoning(result.text, prompt)
+        content, calls = tools.parser.parse(answer) if tools else (answer, [])
         choices.append(ChatChoice(
             index=i,
-            message=AssistantMessage(content=content, tool_calls=message_tool_calls(calls)),
+            message=AssistantMessage(content=content, reasoning_content=reasoning, reasoning=reasoning,
+                                     tool_calls=message_tool_calls(calls)),
             logprobs=_logprobs(ctx, request, result.sampled),
             finish_reason=finish_reason(result.final.finish_reason, bool(calls)),
             stop_reason=result.final.stop_reason,
@@ -93,7 +97,7 @@ async def _complete(
 
 
 async def _stream(
-    ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation
+    ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation, prompt: str
 ) -> AsyncIterator[str]:
     counts = StreamUsage(request, generation.prompts)
 
@@ -103,24 +107,36 @@ async def _stream(
             usage=usage or counts.per_chunk(),
         ))
 
-    def delta(index: int, content: str, calls: list, logprobs=None) -> ChatChunkChoice | None:
-        if not (content or calls or logprobs):
+    def delta(index: int, reasoning: str, content: str, calls: list, logprobs=None) -> ChatChunkChoice | None:
+        if not (reasoning or content or calls or logprobs):
             return None
-        return ChatChunkChoice(index=index, delta=Delta(content=content or None, tool_calls=calls or None),
-                               logprobs=logprobs)
+        return ChatChunkChoice(index=index, delta=Delta(
+            content=content or None, reasoning_content=reasoning or None, reasoning=reasoning or None,
+            tool_calls=calls or None,
+        ), logprobs=logprobs)
+
+    def split(index: int, reasoning_and_answer: tuple[str, str], last: bool = False) -> tuple[str, str, list]:
+        """A piece of output through the choice's reasoning splitter, then its tool-call splitter."""
+        reasoning, answer = reasoning_and_answer
+        content, calls = splitters[index].feed(answer)
+        if last:
+            more_content, more_calls = splitters[index].finish()
+            content, calls = content + more_content, calls + more_calls
+        return reasoning, content, calls
 
     for index in range(len(generation.sequences)):
         yield chunk([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
     finals = [None] * len(generation.sequences)
     splitters = [StreamedToolCalls(tools) for _ in generation.sequences]
+    reasoners = [ctx.reasoning_stream(prompt) for _ in generation.sequences]
     async for index, output in outputs_of(ctx, generation):
         counts.count(output)
-        piece = delta(index, *splitters[index].feed(output.new_text), _logprobs(ctx, request, output.new_logprobs))
-        if piece:
+        pieces = split(index, reasoners[index].feed(output.new_text))
+        if piece := delta(index, *pieces, _logprobs(ctx, request, output.new_logprobs)):
             yield chunk([piece])
         if output.finished:
             finals[index] = output
-            if piece := delta(index, *splitters[index].finish()):
+            if piece := delta(index, *split(index, reasoners[index].finish(), last=True)):
                 yield chunk([piece])
             reason = finish_reason(output.finish_reason, splitters[index].called)
             yield chunk([ChatChunkChoice(index=index, delta=Delta(), finish_reason=reason)])

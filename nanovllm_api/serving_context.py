@@ -15,6 +15,7 @@ from nanovllm_core.detokenizer import TokenBytes
 from nanovllm_core.engine_client import EngineClient, EngineUnavailable
 from nanovllm_core.errors import ContextLengthError
 from nanovllm_core.model_info import ModelInfo
+from nanovllm_core.reasoning import AnswerOnly, ReasoningParser, ReasoningStream
 from nanovllm_core.tool_calls import ToolCallParser
 
 
@@ -26,6 +27,7 @@ class ServingContext:
     model_names: list[str]
     chat_template: str | None = None  # resolved once the tokenizer is loaded
     tool_parser: ToolCallParser | None = None  # likewise, as the default depends on the template
+    reasoning_parser: ReasoningParser | None = None  # --reasoning-parser
     _renderer: ChatRenderer | None = field(default=None, repr=False)
     _token_bytes: TokenBytes | None = field(default=None, repr=False)
     _max_prompt_chars: int | None = field(default=None, repr=False)
@@ -66,6 +68,22 @@ class ServingContext:
                 f"This model's maximum context length is {max_model_len} tokens; the prompt's {chars} "
                 f"characters are more than that many tokens can hold. Please shorten the prompt."
             )
+
+    def reasoning_stream(self, prompt: str) -> ReasoningStream | AnswerOnly:
+        """One output's splitter into reasoning and answer, after the rendered ``prompt``."""
+        return self.reasoning_parser.stream(prompt) if self.reasoning_parser else AnswerOnly()
+
+    def split_reasoning(self, text: str, prompt: str) -> tuple[str | None, str]:
+        """(reasoning, answer) of a whole output; reasoning None where the model did not think."""
+        return self.reasoning_parser.split(text, prompt) if self.reasoning_parser else (None, text)
+
+    def thinking_end_token_ids(self, prompt: str) -> tuple[int, ...]:
+        """Where constraints start: after the end tag, when the output starts with thinking
+        (nothing when the prompt ended it already, or without a reasoning parser)."""
+        parser = self.reasoning_parser
+        if parser is None or parser.closes_in_prompt(prompt):
+            return ()
+        return tuple(self.tokenizer.encode(parser.end_tag, add_special_tokens=False))
 
     async def prompt_token_ids(self, prompt: str | list, param: str) -> list[list[int]]:
         """Text, texts, token ids or lists of token ids, as token-id lists; the text is

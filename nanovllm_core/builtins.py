@@ -41,3 +41,9 @@ def register_poolers(register):
     register("cls", "nanovllm_core.pooling:CLSPooler")
     register("last", "nanovllm_core.pooling:LastTokenPooler")
     register("max", "nanovllm_core.pooling:MaxPooler")
+
+
+@hookimpl
+def register_reasoning_parsers(register):
+    register("qwen3", "nanovllm_core.reasoning:Qwen3ReasoningParser")
+    register("deepseek_r1", "nanovllm_core.reasoning:DeepSeekR1ReasoningParser")

@@ -61,7 +61,8 @@ class EngineConfig(BaseSettings):
 
     config_file: str | None = Field(None, description="YAML, TOML or JSON file with any of these settings.")
     model: str | None = Field(
-        None, description="HF model directory or .gguf file; empty serves the embedded SmolLM2-135M-Instruct."
+        None, description="HF model directory, .gguf file, or hub id (org/name: downloaded into the Hugging Face "
+        "cache, or read from it offline with HF_HUB_OFFLINE=1); empty serves the embedded SmolLM2-135M-Instruct."
     )
     tokenizer: str | None = Field(None, description="Tokenizer directory if it differs from the model's.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(

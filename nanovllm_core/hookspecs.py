@@ -112,6 +112,19 @@ def register_tool_call_parsers(register):
 
 
 @hookspec
+def register_reasoning_parsers(register):
+    """Register reasoning parsers, keyed by the name passed as ``--reasoning-parser``.
+
+    The target is a ``nanovllm_core.reasoning.ReasoningParser`` subclass, built
+    with no arguments: its tags mark where a model family's thinking starts
+    and ends, and its ``stream(prompt)`` splits an output into reasoning and
+    answer as it arrives. The server sends the reasoning as
+    ``reasoning_content``, finds tool calls in the answer only, and starts
+    ``response_format``/tool constraints after the end tag.
+    """
+
+
+@hookspec
 def register_poolers(register):
     """Register poolers, keyed by the name passed as the ``pooler`` setting.
 

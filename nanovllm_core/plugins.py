@@ -33,6 +33,7 @@ REGISTRY_KINDS = {
     "register_grammar_backends": "grammar backend",
     "register_tool_call_parsers": "tool-call parser",
     "register_poolers": "pooler",
+    "register_reasoning_parsers": "reasoning parser",
 }
 
 
@@ -112,3 +113,7 @@ def tool_call_parsers() -> Registry:
 
 def poolers() -> Registry:
     return get_registry("register_poolers")
+
+
+def reasoning_parsers() -> Registry:
+    return get_registry("register_reasoning_parsers")

@@ -29,6 +29,8 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: also the top k
     skip_special_tokens: bool = True
     guided: GuidedDecoding | None = None  # constrain the output to a grammar
+    # the constraint applies after the output has these tokens (the end of the model's thinking); empty: at once
+    guided_starts_after: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -21,6 +21,7 @@ CONTRACTS = [
     "nanovllm_core.model_info",
     "nanovllm_core.outputs",
     "nanovllm_core.pooling",
+    "nanovllm_core.reasoning",
     "nanovllm_core.sampling",
     "nanovllm_core.sampling_params",
     "nanovllm_core.tool_calls",

@@ -191,3 +191,44 @@ def test_two_constraints_a_bad_schema_and_an_oversize_regex_are_400s(server):
     huge = {**body, "response_format": None, "guided_choice": None, "guided_regex": "a" * 65537}
     response = httpx.post(f"{server.url}/v1/chat/completions", json=huge)
     assert response.status_code == 400 and response.json()["error"]["param"] == "guided_regex", response.text
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+           "additionalProperties": False}
+CALL = re.compile(r"<function=get_weather>(.*?)</function>", re.S)
+
+
+@pytest.mark.parametrize("form", ["format", "structures"])
+def test_structural_tag_response_format(client, form):
+    """vLLM's structural_tag: xgrammar's format object (here a call that must come), or the
+    older structures and triggers (a call that may come, and is valid if it does)."""
+    tag = {"begin": "<function=get_weather>", "end": "</function>"}
+    if form == "format":
+        response_format = {"type": "structural_tag", "format": {
+            "type": "triggered_tags", "triggers": ["<function="], "at_least_one": True, "stop_after_first": True,
+            "tags": [{"type": "tag", **tag, "content": {"type": "json_schema", "json_schema": WEATHER}}]}}
+    else:
+        response_format = {"type": "structural_tag", "triggers": ["<function="],
+                           "structures": [{**tag, "schema": WEATHER}]}
+    prompt = "Call <function=get_weather> with a JSON object naming a city, then </function>."
+    for temperature in (0, 1.0):
+        response = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=80, temperature=temperature,
+            seed=5, response_format=response_format)
+        text = response.choices[0].message.content
+        calls = CALL.findall(text)
+        if form == "format":
+            assert len(calls) == 1 and response.choices[0].finish_reason == "stop", text
+        assert "<function=get_weather>" not in CALL.sub("", text), text  # every call that opens is closed
+        for arguments in calls:
+            jsonschema.validate(json.loads(arguments), WEATHER)
+
+
+def test_a_structural_tag_needs_its_parts(server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+    for response_format in ({"type": "structural_tag"},
+                            {"type": "structural_tag", "structures": [{"begin": "<a>", "schema": {}, "end": "</a>"}]},
+                            {"type": "structural_tag", "triggers": ["<"], "structures": [
+                                {"begin": "<a>", "schema": {"type": "nope"}, "end": "</a>"}]}):
+        response = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "response_format": response_format})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "response_format", response.text

