@@ -95,6 +95,7 @@ class Choice:
     text: str
     sampled: list[SampledToken]
     final: RequestOutput | None = None
+    prompt_logprobs: list[SampledToken | None] | None = None
 
 
 async def collect(ctx: ServingContext, generation: Generation, prefixes: list[str]) -> list[Choice]:
@@ -104,6 +105,8 @@ async def collect(ctx: ServingContext, generation: Generation, prefixes: list[st
         choice = choices[index]
         choice.text += output.new_text
         choice.sampled.extend(output.new_logprobs)
+        if output.prompt_logprobs is not None:
+            choice.prompt_logprobs = output.prompt_logprobs
         if output.finished:
             choice.final = output
     return choices

@@ -31,7 +31,6 @@ UNSUPPORTED_FIELDS = {
     "reasoning_effort",
     "web_search_options",
     "suffix",
-    "prompt_logprobs",
 }
 IGNORED_FIELDS = {"user", "store", "metadata", "service_tier"}  # accepted; they do not change the output
 
@@ -250,6 +249,7 @@ class SamplingFields(RequestModel):
         dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS_ENTRIES)
     ] | None = None
     ignore_eos: bool = False
+    prompt_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # vLLM's: each prompt token's logprob
     min_tokens: NonNegativeInt = 0
     skip_special_tokens: bool = True
     stream: bool = False
@@ -300,6 +300,7 @@ class SamplingFields(RequestModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos,
             logprobs=self.num_logprobs(),
+            prompt_logprobs=self.prompt_logprobs,
             skip_special_tokens=self.skip_special_tokens,
             guided=self._guided_decoding(also=guided),
         )
@@ -491,6 +492,16 @@ class ChatChoice(BaseModel):
     stop_reason: str | int | None = None
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = None
+    decoded_token: str
+
+
+# vLLM's shape: per prompt token, None for the first, else {token id: its logprob} for the token and the top ones
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class ChatCompletionResponse(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -498,6 +509,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class FunctionCallDelta(BaseModel):
@@ -549,6 +561,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
+    prompt_logprobs: PromptLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
 

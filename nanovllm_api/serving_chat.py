@@ -24,6 +24,7 @@ from nanovllm_api.protocol import (
 )
 from nanovllm_api.chat_tools import StreamedToolCalls, ToolUse, finish_reason, message_tool_calls, tool_use
 from nanovllm_api.generation import Generation, cancel_on_disconnect, collect, outputs_of, start_generation
+from nanovllm_api.prompt_logprobs import check_not_streamed, prompt_logprobs
 from nanovllm_api.serving_context import ServingContext, check_fields
 from nanovllm_api.streaming import event_stream, sse
 from nanovllm_api.usage import StreamUsage, usage
@@ -35,6 +36,7 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
     model = ctx.check_model(request.model)
     check_fields(request)
     ctx.model.check_task("generate")
+    check_not_streamed(request)
     if request.top_logprobs is not None and not request.logprobs:
         raise BadRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = tool_use(request, ctx.tool_parser)
@@ -93,6 +95,7 @@ async def _complete(
     return ChatCompletionResponse(
         id=generation.request_id, created=generation.created, model=generation.model,
         choices=choices, usage=usage(generation.prompts, [r.final for r in results]),
+        prompt_logprobs=prompt_logprobs(ctx.tokenizer, results[0].prompt_logprobs),
     )
 
 

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from nanovllm_api.generation import Generation, cancel_on_disconnect, collect, outputs_of, start_generation
+from nanovllm_api.prompt_logprobs import check_not_streamed, prompt_logprobs
 from nanovllm_api.serving_context import ServingContext, check_fields
 from nanovllm_api.streaming import event_stream, sse
 from nanovllm_api.usage import StreamUsage, usage
@@ -20,6 +21,7 @@ async def create_completion(request: CompletionRequest, raw: Request, ctx: Servi
     model = ctx.check_model(request.model)
     check_fields(request)
     ctx.model.check_task("generate")
+    check_not_streamed(request)
     if request.best_of not in (None, request.n):
         raise BadRequest("best_of other than n is not supported", param="best_of")
     if request.echo and request.logprobs is not None:
@@ -59,6 +61,7 @@ async def _complete(ctx, request: CompletionRequest, generation: Generation, ech
             logprobs=_logprobs(ctx, request, result.sampled, len(echoes[i])),
             finish_reason=result.final.finish_reason,
             stop_reason=result.final.stop_reason,
+            prompt_logprobs=prompt_logprobs(ctx.tokenizer, result.prompt_logprobs),
         )
         for i, result in enumerate(results)
     ]

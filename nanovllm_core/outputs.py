@@ -12,6 +12,7 @@ class SampledToken:
     token_id: int
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
+    rank: int | None = None  # of token_id among the vocabulary's logprobs (1: the most likely); prompt tokens only
 
 
 @dataclass
@@ -30,4 +31,6 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     new_logprobs: list[SampledToken] = field(default_factory=list)
+    # with prompt_logprobs, on the first output: one entry per prompt token, None for the first
+    prompt_logprobs: list[SampledToken | None] | None = None
     embedding: Any = None  # an embedding request's vector (a float32 CPU tensor), on its only output

@@ -27,6 +27,7 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: also the top k
+    prompt_logprobs: int | None = None  # the same for each prompt token (vLLM's extension)
     skip_special_tokens: bool = True
     guided: GuidedDecoding | None = None  # constrain the output to a grammar
     # the constraint applies after the output has these tokens (the end of the model's thinking); empty: at once
@@ -57,6 +58,7 @@ class SamplingParams:
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
             ("repetition_penalty", 0 < self.repetition_penalty <= 10, "must be in (0, 10]"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20, "must be in [0, 20]"),
+            ("prompt_logprobs", self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "must be in [0, 20]"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "must be non-empty strings"),
         ]
         for name, ok, message in checks:

@@ -65,6 +65,24 @@ def test_a_generative_model_refuses_embeddings(client):
     assert refused.value.code == "unsupported_task" and "/v1/chat/completions" in refused.value.message
 
 
+def test_prompt_logprobs_on_both_endpoints(server, client, smollm2_tokenizer):
+    prompt = "The capital of France is"
+    ids = smollm2_tokenizer(prompt)["input_ids"]
+    completion = client.completions.create(model="SmolLM2-135M-Instruct", prompt=prompt, max_tokens=1,
+                                           extra_body={"prompt_logprobs": 2})
+    scored = completion.choices[0].model_extra["prompt_logprobs"]
+    assert len(scored) == len(ids) and scored[0] is None
+    for token_id, entries in zip(ids[1:], scored[1:]):
+        entry = entries[str(token_id)]  # the prompt's own token is always there, with its rank
+        assert entry["logprob"] <= 0 and entry["rank"] >= 1 and entry["decoded_token"] == smollm2_tokenizer.decode([token_id])
+        assert {e["rank"] for e in entries.values()} >= {1, 2}
+    chat = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=FRANCE, max_tokens=1,
+                                          extra_body={"prompt_logprobs": 0})
+    assert len(chat.model_extra["prompt_logprobs"]) == chat.usage.prompt_tokens
+    streamed = httpx.post(f"{server.url}/v1/completions", json={"prompt": prompt, "prompt_logprobs": 1, "stream": True})
+    assert_openai_error(streamed, 400, "invalid_request_error", param="prompt_logprobs")
+
+
 def test_metrics_parse_and_count(server, client):
     before = metric(server, "nanovllm_generation_tokens_total")
     client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0)

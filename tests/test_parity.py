@@ -63,3 +63,31 @@ def test_logits_match_transformers(checkpoint, attention_backend, block_size, ma
         expected = reference_logits(checkpoint, prompt)
         assert ours.shape == expected.shape
         torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
+
+
+def test_prompt_logprobs_match_transformers(checkpoint):
+    """Every prompt token's logprob and rank, across prefill chunks and block boundaries, and
+    again for a repeated prompt (which must not be served from the prefix cache unscored)."""
+    generator = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 40000, (n,), generator=generator).tolist() for n in (7, 58)]
+    llm = LLM(str(checkpoint), dtype="float32", block_size=4, max_num_batched_tokens=24)
+    params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=3)
+    first = llm.generate(prompts, params, use_tqdm=False)
+    again = llm.generate(prompts[1], params, use_tqdm=False)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    for prompt, result in zip([*prompts, prompts[1]], [*first, *again]):
+        with torch.no_grad():
+            expected = model(torch.tensor([prompt])).logits[0, :-1].log_softmax(dim=-1)
+        scored = result["prompt_logprobs"]
+        assert scored[0] is None and len(scored) == len(prompt)
+        ours = torch.tensor([token.logprob for token in scored[1:]])
+        truth = expected[torch.arange(len(prompt) - 1), prompt[1:]]
+        torch.testing.assert_close(ours, truth, atol=ATOL, rtol=0)
+        # near-ties of a random model's logits may order either way within the tolerance
+        ranks = torch.tensor([token.rank for token in scored[1:]])
+        assert ((expected > truth[:, None] + ATOL).sum(dim=-1) + 1 <= ranks).all()
+        assert (ranks <= (expected > truth[:, None] - ATOL).sum(dim=-1) + 1).all()
+        top_values = torch.tensor([[value for _, value in token.top_logprobs] for token in scored[1:]])
+        torch.testing.assert_close(top_values, expected.topk(3, dim=-1).values, atol=ATOL, rtol=0)
+        top_ids = torch.tensor([[token_id for token_id, _ in token.top_logprobs] for token in scored[1:]])
+        torch.testing.assert_close(expected.gather(1, top_ids), top_values, atol=ATOL, rtol=0)

@@ -32,15 +32,19 @@ def logits_and_tokens(checkpoint, tensor_parallel_size):
     with registered_plugin(LogitsRecorderPlugin()):
         with LLM(str(checkpoint), dtype="float32", sampler="record-logits", block_size=4,
                  max_num_batched_tokens=16, tensor_parallel_size=tensor_parallel_size) as llm:
-            params = [SamplingParams(max_tokens=8, ignore_eos=True, seed=i) for i in range(len(prompts))]
-            tokens = [r["token_ids"] for r in llm.generate(prompts, params, use_tqdm=False)]
-    return {seed: torch.stack(rows) for seed, rows in LogitsRecorder.records.items()}, tokens
+            params = [SamplingParams(max_tokens=8, ignore_eos=True, seed=i, prompt_logprobs=2) for i in range(len(prompts))]
+            results = llm.generate(prompts, params, use_tqdm=False)
+    # every prompt token's logprob: the LM head's all-gather, run by every rank on the same rows
+    scores = torch.tensor([s.logprob for r in results for s in r["prompt_logprobs"][1:]])
+    logits = {seed: torch.stack(rows) for seed, rows in LogitsRecorder.records.items()}
+    return logits, [r["token_ids"] for r in results], scores
 
 
 def test_tp2_matches_tp1_on_qwen3(qwen3):
-    single_logits, single_tokens = logits_and_tokens(qwen3, 1)
-    split_logits, split_tokens = logits_and_tokens(qwen3, 2)
+    single_logits, single_tokens, single_scores = logits_and_tokens(qwen3, 1)
+    split_logits, split_tokens, split_scores = logits_and_tokens(qwen3, 2)
     assert split_tokens == single_tokens
+    torch.testing.assert_close(split_scores, single_scores, atol=1e-4, rtol=0)
     for seed, expected in single_logits.items():
         torch.testing.assert_close(split_logits[seed], expected, atol=1e-4, rtol=0)  # float32, summed in another order
     assert no_worker_left()

@@ -44,8 +44,10 @@ class LLM:
         sampling_params: SamplingParams | SequenceOf[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[dict[str, Any]]:
-        """Generate for every prompt (text or token ids); results in prompt order,
-        each ``{"text", "token_ids", "finish_reason", "prompt_token_ids"}``."""
+        """Generate for every prompt (text or token ids); results in prompt order, each
+        ``{"text", "token_ids", "finish_reason", "prompt_token_ids", "prompt_logprobs"}``
+        (the last: with the ``prompt_logprobs`` sampling parameter, one ``SampledToken`` per
+        prompt token after the first, which has None)."""
         prompts = _as_list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
@@ -56,8 +58,8 @@ class LLM:
         outputs = self._run(prompts, sampling_params, "Generating", use_tqdm)
         return [
             {"text": output.text, "token_ids": list(output.output_token_ids), "finish_reason": output.finish_reason,
-             "prompt_token_ids": prompt_ids}
-            for output, prompt_ids in outputs
+             "prompt_token_ids": prompt_ids, "prompt_logprobs": prompt_logprobs}
+            for output, prompt_ids, prompt_logprobs in outputs
         ]
 
     def embed(
@@ -68,10 +70,11 @@ class LLM:
         served with task embed: float32 tensors, pooled as the engine is configured."""
         prompts = _as_list(prompts)
         params = [pooling_params or PoolingParams()] * len(prompts)
-        return [output.embedding for output, _ in self._run(prompts, params, "Embedding", use_tqdm)]
+        return [output.embedding for output, _, _ in self._run(prompts, params, "Embedding", use_tqdm)]
 
-    def _run(self, prompts: list, params: list, description: str, use_tqdm: bool) -> list[tuple[RequestOutput, list[int]]]:
-        """Add every request, step until all finish; each final output with its prompt's ids."""
+    def _run(self, prompts: list, params: list, description: str, use_tqdm: bool) -> list[tuple]:
+        """Add every request, step until all finish; each final output with its prompt's ids
+        and prompt logprobs (None unless asked for)."""
         request_ids = [f"offline-{id(self)}-{i}" for i in range(len(prompts))]
         seqs = []
         try:
@@ -82,13 +85,16 @@ class LLM:
                 self.engine.abort_request(seq.request_id)
             raise
         finals: dict[str, RequestOutput] = {}
+        prompt_logprobs: dict[str, list] = {}
         with tqdm(total=len(prompts), desc=description, disable=not use_tqdm, unit="req") as progress:
             while self.engine.has_unfinished_requests():
                 for output in self.engine.step():
+                    if output.prompt_logprobs is not None:
+                        prompt_logprobs[output.request_id] = output.prompt_logprobs
                     if output.finished:
                         finals[output.request_id] = output
                         progress.update(1)
-        return [(finals[seq.request_id], seq.prompt_token_ids) for seq in seqs]
+        return [(finals[seq.request_id], seq.prompt_token_ids, prompt_logprobs.get(seq.request_id)) for seq in seqs]
 
 
 def _as_list(prompts) -> list:

@@ -285,6 +285,8 @@ class LLMEngine:
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
             new_logprobs=[sampled] if params.logprobs is not None else [],
+            prompt_logprobs=seq.prompt_logprobs if params.prompt_logprobs is not None and seq.num_output_tokens == 1
+            else None,
         )
 
 

@@ -39,6 +39,8 @@ GiB = 1 << 30
 # JSON has no -inf: a token the grammar masked reports this instead (vLLM's floor too)
 LOGPROB_FLOOR = -9999.0
 CPU_KV_CACHE_GB = 2.0
+# prompt tokens scored at once (prompt_logprobs): their logits span the vocabulary
+PROMPT_LOGITS_ROWS = 256
 # preference order of `auto`; the first one installed and usable wins
 CUDA_BACKEND_PREFERENCE = ("flash-attn", "triton", "torch")
 CPU_BACKEND_PREFERENCE = ("cpu", "torch")  # torch when the C++ kernels cannot be built
@@ -232,10 +234,12 @@ class ModelRunner:
         max_blocks = -(-self.max_model_len // self.block_size)
         return CudaGraphRunner(self.model, min(self.config.max_num_seqs, 512), max_blocks, self.device)
 
-    def _prepare(self, batch: ScheduledBatch) -> tuple[StepInputs, list[bool], list[tuple[int, int, int]]]:
+    def _prepare(self, batch: ScheduledBatch) -> tuple[StepInputs, list[bool], list[tuple[int, int, int]],
+                                                        list[tuple[int, list[int]]]]:
         """The step's tensors; for each sequence whether it samples a token this step (its
-        last token is computed) or is a prompt still being prefilled in chunks; and the
-        embedding requests, whole in this step, as (row, first token, end) in the flat batch."""
+        last token is computed) or is a prompt still being prefilled in chunks; the
+        embedding requests, whole in this step, as (row, first token, end) in the flat batch;
+        and the prompt tokens to score (prompt_logprobs) as (row, their ids)."""
         input_ids: list[int] = []
         positions: list[int] = []
         token_rows: list[int] = []
@@ -243,6 +247,8 @@ class ModelRunner:
         sample_indices: list[int] = []
         samples: list[bool] = []
         pooled: list[tuple[int, int, int]] = []
+        prompt_indices: list[int] = []
+        scored: list[tuple[int, list[int]]] = []
         for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start = seq.num_computed_tokens
             end = start + num_new
@@ -255,6 +261,10 @@ class ModelRunner:
                 sample_indices.append(len(input_ids) - 1)
             elif seq.is_pooling:  # the scheduler never splits an embedding request
                 pooled.append((row, len(input_ids) - num_new, len(input_ids)))
+            if seq.scores_prompt:  # position p's logits score prompt token p + 1, once (not again after preemption)
+                positions_scored = range(max(start, len(seq.prompt_logprobs) - 1), min(end, seq.num_prompt_tokens - 1))
+                prompt_indices.extend(len(input_ids) - end + p for p in positions_scored)
+                scored.append((row, [seq.token_ids[p + 1] for p in positions_scored]))
         width = max(len(seq.block_table) for seq in batch.seqs)
         block_tables = torch.tensor(
             [seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs], dtype=torch.int64
@@ -279,8 +289,9 @@ class ModelRunner:
             positions=positions_t.to(self.device, non_blocking=True),
             metadata=metadata,
             sample_indices=torch.tensor(sample_indices, dtype=torch.int64).to(self.device, non_blocking=True),
+            prompt_indices=torch.tensor(prompt_indices, dtype=torch.int64).to(self.device, non_blocking=True),
         )
-        return inputs, samples, pooled
+        return inputs, samples, pooled, scored
 
     def _forward(self, inputs: StepInputs, num_seqs: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The hidden states of every token, and the logits of the sampled rows (None if
@@ -301,11 +312,13 @@ class ModelRunner:
         """Run one step; return a token for each sequence of the batch whose last token
         was computed, the embedding (float32, CPU) of each embedding request, and None
         for prompts still being prefilled in chunks."""
-        inputs, samples, pooled = self._prepare(batch)
+        inputs, samples, pooled, scored = self._prepare(batch)
         if self.workers is not None:
             self.workers.check_alive()
             inputs.broadcast(len(batch))
         hidden_states, logits = self._forward(inputs, len(batch))
+        if scored:
+            self._score_prompts(batch, hidden_states, inputs.prompt_indices, scored)
         results: list = [None] * len(batch)
         for row, start, end in pooled:
             results[row] = embed(self.pooler, hidden_states[start:end], self.pooler_config.normalize,
@@ -321,6 +334,33 @@ class ModelRunner:
         sampling = build_sampling_batch(sampled_seqs, self.hf_config.vocab_size, self.eos_token_ids, only_end)
         tokens = iter(_to_host(self.sampler(logits, sampling.to(logits.device)), sampling.num_logprobs))
         return [next(tokens) if sample else result for sample, result in zip(samples, results)]
+
+    def _prompt_logits(self, hidden_states: torch.Tensor, indices: torch.Tensor):
+        """The logits at ``indices``, PROMPT_LOGITS_ROWS at a time; every rank runs this."""
+        for start in range(0, indices.numel(), PROMPT_LOGITS_ROWS):
+            yield self.model.compute_logits(hidden_states[indices[start : start + PROMPT_LOGITS_ROWS]]).float()
+
+    def _score_prompts(self, batch: ScheduledBatch, hidden_states: torch.Tensor, indices: torch.Tensor,
+                       scored: list[tuple[int, list[int]]]) -> None:
+        """Append each scored prompt token's logprob, rank and top alternatives to its sequence."""
+        targets = torch.tensor([t for _, ids in scored for t in ids], device=hidden_states.device)
+        k = max(batch.seqs[row].params.prompt_logprobs for row, _ in scored)
+        entries = []
+        for logits, chunk in zip(self._prompt_logits(hidden_states, indices), targets.split(PROMPT_LOGITS_ROWS)):
+            logprobs = logits.log_softmax(dim=-1)
+            chosen = logprobs.gather(1, chunk[:, None])[:, 0]
+            ranks = (logprobs > chosen[:, None]).sum(dim=-1) + 1
+            top_values, top_ids = logprobs.topk(k, dim=-1)
+            entries.extend(zip(chosen.clamp(min=LOGPROB_FLOOR).tolist(), ranks.tolist(), top_ids.tolist(),
+                               top_values.clamp(min=LOGPROB_FLOOR).tolist()))
+        entries = iter(entries)
+        for row, token_ids in scored:
+            seq = batch.seqs[row]
+            keep = seq.params.prompt_logprobs
+            for token_id in token_ids:
+                logprob, rank, top_ids, top_values = next(entries)
+                seq.prompt_logprobs.append(
+                    SampledToken(token_id, logprob, list(zip(top_ids[:keep], top_values[:keep])), rank))
 
     def _rows_that_can_only_end(self, logits: torch.Tensor, seqs: list, rows: list[int]) -> set[int]:
         """Constrained rows, still short of min_tokens, whose grammar allows nothing but ending:
@@ -340,7 +380,9 @@ class ModelRunner:
     def worker_loop(self) -> None:
         """Ranks 1..N-1: run each step rank 0 broadcasts, until it says stop."""
         for inputs, num_seqs in receive_steps(self.device):
-            self._forward(inputs, num_seqs)
+            hidden_states, _ = self._forward(inputs, num_seqs)
+            for _ in self._prompt_logits(hidden_states, inputs.prompt_indices):  # rank 0's collectives, matched
+                pass
 
     def check_health(self) -> None:
         """Raise if a tensor-parallel worker has died."""

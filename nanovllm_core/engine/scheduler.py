@@ -97,7 +97,7 @@ class Scheduler:
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            cached = self.block_manager.find_cached_blocks(seq)
+            cached = [] if seq.scores_prompt else self.block_manager.find_cached_blocks(seq)
             num_new = min(len(seq) - len(cached) * self.block_manager.block_size, budget)
             if seq.is_pooling and num_new < len(seq) or not self.block_manager.can_admit(seq, cached, num_new):
                 break

@@ -38,6 +38,8 @@ class Sequence:
         self.grammar_waits = False
         # the sampler's tensors for this sequence (a sampling_inputs.RowCache), built on first use
         self.sampling_cache: object | None = None
+        # with prompt_logprobs: the runner's scores of the prompt tokens so far (the first has none)
+        self.prompt_logprobs: list = [None]
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -62,6 +64,13 @@ class Sequence:
     def constrained(self) -> bool:
         """Whether the grammar constrains the next token."""
         return self.grammar is not None and not self.grammar_waits
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether prompt tokens still need their logprobs (prompt_logprobs): the model must
+        run on them, so the prefix cache is not used."""
+        return (not self.is_pooling and self.params.prompt_logprobs is not None
+                and len(self.prompt_logprobs) < self.num_prompt_tokens)
 
     @property
     def is_pooling(self) -> bool:

@@ -157,7 +157,8 @@ class WorkerGroup:
 
 
 # the step protocol: a header of sizes, then the step's tensors, each broadcast from rank 0
-HEADER_SIZE = 8  # command, tokens, seqs, block-table width, decodes, max query len, max context len, samples
+# command, tokens, seqs, block-table width, decodes, max query len, max context len, samples, prompt tokens scored
+HEADER_SIZE = 9
 
 
 def broadcast_header(header: torch.Tensor) -> torch.Tensor:
@@ -171,17 +172,18 @@ class StepInputs:
     positions: torch.Tensor
     metadata: AttentionMetadata
     sample_indices: torch.Tensor
+    prompt_indices: torch.Tensor  # tokens whose logits score the next prompt token (prompt_logprobs)
 
     def _tensors(self) -> list[torch.Tensor]:
         m = self.metadata
         return [self.input_ids, self.positions, m.slot_mapping, m.block_tables, m.context_lens, m.query_start_loc,
-                self.sample_indices]
+                self.sample_indices, self.prompt_indices]
 
     def broadcast(self, num_seqs: int) -> None:
         """Rank 0: send this step to the other ranks."""
         m = self.metadata
         header = [STEP, self.input_ids.numel(), num_seqs, m.block_tables.shape[1], m.num_decode_tokens,
-                  m.max_query_len, m.max_context_len, self.sample_indices.numel()]
+                  m.max_query_len, m.max_context_len, self.sample_indices.numel(), self.prompt_indices.numel()]
         broadcast_header(torch.tensor(header, dtype=torch.int64, device=self.input_ids.device))
         for tensor in self._tensors():
             dist.broadcast(tensor, src=0)
@@ -189,7 +191,7 @@ class StepInputs:
     @classmethod
     def receive(cls, header: list[int], device: torch.device) -> StepInputs:
         """Ranks 1..N-1: the step whose ``header`` just arrived."""
-        _, tokens, seqs, width, decodes, max_query_len, max_context_len, samples = header
+        _, tokens, seqs, width, decodes, max_query_len, max_context_len, samples, scored = header
 
         def empty(*shape, dtype=torch.int64):
             return torch.empty(shape, dtype=dtype, device=device)
@@ -199,7 +201,7 @@ class StepInputs:
             context_lens=empty(seqs, dtype=torch.int32), query_start_loc=empty(seqs + 1, dtype=torch.int32),
             max_query_len=max_query_len, max_context_len=max_context_len, query_lens_host=[], context_lens_host=[],
         )
-        inputs = cls(empty(tokens), empty(tokens), metadata, empty(samples))
+        inputs = cls(empty(tokens), empty(tokens), metadata, empty(samples), empty(scored))
         for tensor in inputs._tensors():
             dist.broadcast(tensor, src=0)
         metadata.query_lens_host = metadata.query_start_loc.diff().tolist()
