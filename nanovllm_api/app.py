@@ -12,7 +12,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
-from nanovllm_api import serving_chat, serving_completion, serving_embedding, serving_models, serving_tokenize
+from nanovllm_api import (
+    serving_chat,
+    serving_completion,
+    serving_embedding,
+    serving_models,
+    serving_responses,
+    serving_tokenize,
+)
 from nanovllm_api.chat_template import resolve_chat_template
 from nanovllm_api.chat_tools import resolve_parser
 from nanovllm_api.config import ServerConfig
@@ -23,6 +30,7 @@ from nanovllm_api.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    ResponsesRequest,
     TokenizeRequest,
 )
 from nanovllm_api.serving_context import ServingContext
@@ -158,6 +166,10 @@ def build_app(config: ServerConfig) -> FastAPI:
     @app.post("/v1/completions", dependencies=guarded, tags=["openai"])
     async def completions(request: CompletionRequest, raw: Request):
         return await serving_completion.create_completion(request, raw, ctx)
+
+    @app.post("/v1/responses", dependencies=guarded, tags=["openai"])
+    async def responses(request: ResponsesRequest, raw: Request):
+        return await serving_responses.create_response(request, raw, ctx)
 
     @app.post("/v1/embeddings", dependencies=guarded, tags=["openai"])
     async def embeddings(request: EmbeddingRequest, raw: Request):

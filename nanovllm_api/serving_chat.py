@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -32,9 +33,27 @@ from nanovllm_core.detokenizer import TokenBytes
 from nanovllm_core.outputs import SampledToken
 
 
+@dataclass
+class ChatRun:
+    """A chat request submitted: its tools, the rendered prompt, and the generation."""
+
+    tools: ToolUse | None
+    prompt: str
+    generation: Generation
+
+
 async def create_chat_completion(request: ChatCompletionRequest, raw: Request, ctx: ServingContext):
-    model = ctx.check_model(request.model)
     check_fields(request)
+    run = await start_chat(request, ctx, "chatcmpl")
+    if request.stream:
+        events = _stream(ctx, request, run.tools, run.generation, run.prompt)
+        return StreamingResponse(event_stream(events), media_type="text/event-stream")
+    return await cancel_on_disconnect(raw, _complete(ctx, request, run.tools, run.generation, run.prompt))
+
+
+async def start_chat(request: ChatCompletionRequest, ctx: ServingContext, id_prefix: str) -> ChatRun:
+    """Check the request, render and tokenize its conversation off the event loop, submit it."""
+    model = ctx.check_model(request.model)
     ctx.model.check_task("generate")
     check_not_streamed(request)
     if request.top_logprobs is not None and not request.logprobs:
@@ -52,11 +71,7 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
     params = request.to_sampling_params(ctx.model, tools.guided() if tools else None,
                                         ctx.thinking_end_token_ids(prompt))
     sequences = [(prompt_ids, p) for p in params]
-    generation = await start_generation(ctx, "chatcmpl", model, [prompt_ids], sequences)
-    if request.stream:
-        events = _stream(ctx, request, tools, generation, prompt)
-        return StreamingResponse(event_stream(events), media_type="text/event-stream")
-    return await cancel_on_disconnect(raw, _complete(ctx, request, tools, generation, prompt))
+    return ChatRun(tools, prompt, await start_generation(ctx, id_prefix, model, [prompt_ids], sequences))
 
 
 def _logprobs(ctx: ServingContext, request: ChatCompletionRequest, sampled) -> ChatLogprobs | None:

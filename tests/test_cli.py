@@ -44,6 +44,9 @@ def test_list_plugins_names_each_provider():
     assert "default" in out and "nanovllm-sampling" in out
     assert "grammar backends:\n  xgrammar" in out
     assert "tool-call parsers:\n  hermes" in out and "  smollm2" in out
+    assert "reasoning parsers:\n  deepseek_r1" in out and "  qwen3 " in out
+    assert "poolers:\n  cls" in out and "  last " in out and "  mean " in out
+    assert "BertModel" in out and "nanovllm-bert" in out
 
 
 def test_bad_settings_exit_with_a_message():

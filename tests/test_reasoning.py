@@ -129,3 +129,17 @@ def test_constraints_start_after_the_thinking(client):
         model="m", messages=MESSAGES, seed=4, max_tokens=64,
         response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
     assert isinstance(json.loads(response.choices[0].message.content)["ok"], bool)
+
+
+def test_responses_api_returns_a_reasoning_item(client):
+    response = client.responses.create(model="m", input=MESSAGES[0]["content"], max_output_tokens=64,
+                                       extra_body={"seed": 1})
+    reasoning, message = response.output
+    assert reasoning.type == "reasoning" and reasoning.content[0].text == "\nThe capital of France.\n"
+    assert message.type == "message" and response.output_text == "Paris."
+    assert 0 < response.usage.output_tokens_details.reasoning_tokens < response.usage.output_tokens
+    with client.responses.stream(model="m", input=MESSAGES[0]["content"], max_output_tokens=64,
+                                       extra_body={"seed": 1}) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.reasoning_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == reasoning.content[0].text and final.output_text == "Paris."
