@@ -15,12 +15,18 @@ from nanovllm_core.errors import InvalidRequestError
 logger = logging.getLogger(__name__)
 
 
+RETRY_AFTER_S = "1"  # how long a 429 or 503 asks the client to wait
+
+
 class APIError(Exception):
     status_code = 400
     error_type = "invalid_request_error"
+    retry_later = False  # the same request may succeed later: say when (Retry-After)
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None):
         super().__init__(message)
+        if headers is None and self.retry_later:
+            headers = {"Retry-After": RETRY_AFTER_S}
         self.message, self.param, self.code, self.headers = message, param, code, headers
 
     def body(self) -> dict:
@@ -47,7 +53,7 @@ class RequestTooLarge(APIError):
 
 
 class TooManyRequests(APIError):
-    status_code, error_type = 429, "rate_limit_error"
+    status_code, error_type, retry_later = 429, "rate_limit_error", True
 
 
 class RequestTimeout(APIError):
@@ -55,7 +61,7 @@ class RequestTimeout(APIError):
 
 
 class Unavailable(APIError):
-    status_code, error_type = 503, "service_unavailable_error"
+    status_code, error_type, retry_later = 503, "service_unavailable_error", True
 
 
 class InternalError(APIError):

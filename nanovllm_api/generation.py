@@ -21,7 +21,6 @@ from nanovllm_core.outputs import RequestOutput, SampledToken
 from nanovllm_core.pooling import PoolingParams
 from nanovllm_core.sampling_params import SamplingParams
 
-RETRY_AFTER_S = "1"
 T = TypeVar("T")
 
 
@@ -54,9 +53,9 @@ def engine_refusals() -> Iterator[None]:
     try:
         yield
     except QueueFull as error:
-        raise TooManyRequests(str(error), code="queue_full", headers={"Retry-After": RETRY_AFTER_S}) from error
+        raise TooManyRequests(str(error), code="queue_full") from error
     except EngineUnavailable as error:
-        raise Unavailable(str(error), headers={"Retry-After": RETRY_AFTER_S}) from error
+        raise Unavailable(str(error)) from error
 
 
 async def outputs_of(ctx: ServingContext, generation: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:

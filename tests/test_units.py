@@ -130,3 +130,22 @@ def test_logprob_bytes_are_the_tokens_own(smollm2_tokenizer):
     entries = token_logprobs(smollm2_tokenizer, TokenBytes(smollm2_tokenizer), [SampledToken(t, -1.0) for t in ids])
     assert any(e.token == "\ufffd" for e in entries)  # pieces of a character, as the test means
     assert b"".join(bytes(e.bytes) for e in entries).decode() == text
+
+
+def test_an_engine_still_loading_is_a_503_with_retry_after():
+    """Every refusal that a retry can cure says when to retry, wherever it is raised."""
+    from nanovllm_api.config import ServerConfig
+    from nanovllm_api.errors import Unavailable
+    from nanovllm_api.serving_context import ServingContext
+    from nanovllm_core.engine_client import EngineUnavailable
+
+    class LoadingEngine:
+        @property
+        def model_info(self):
+            raise EngineUnavailable("The model is still loading; retry shortly.")
+
+    ctx = ServingContext(config=ServerConfig(), engine=LoadingEngine(), metrics=None, model_names=["m"])
+    with pytest.raises(Unavailable) as refused:
+        ctx.check_prompt_chars(["hello"])
+    response = refused.value.response()
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"

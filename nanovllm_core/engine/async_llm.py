@@ -165,9 +165,8 @@ class AsyncLLM:
             self._fail(request_id, EngineFailed(str(error)))
 
     def check_available(self, num_sequences: int, param: str = "n") -> None:
-        """``param``: what the request would change to need fewer sequences."""
-        if self.state is EngineState.LOADING:
-            raise EngineUnavailable("The model is still loading; retry shortly.")
+        """``param``: what the request would change to need fewer sequences. (While the model
+        loads, ``model_info`` has refused the request already.)"""
         if self.state is not EngineState.READY:
             raise EngineUnavailable("The engine is not running.")
         if num_sequences > self.max_sequences:  # never admissible: retrying cannot help
