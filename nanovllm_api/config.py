@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from nanovllm_core import plugins
 from nanovllm_core.config import EngineConfig
+
+
+# settings that name a parser, and where the installed ones are registered
+PARSER_REGISTRIES = {"tool_call_parser": plugins.tool_call_parsers, "reasoning_parser": plugins.reasoning_parsers}
 
 
 class ServerConfig(EngineConfig):
@@ -58,18 +62,10 @@ class ServerConfig(EngineConfig):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
 
-    @field_validator("tool_call_parser")
+    @field_validator(*PARSER_REGISTRIES)
     @classmethod
-    def _installed_parser(cls, name: str | None) -> str | None:
-        parsers = plugins.tool_call_parsers()
-        if name is not None and name not in parsers:
-            raise ValueError(parsers.describe_missing(name))
-        return name
-
-    @field_validator("reasoning_parser")
-    @classmethod
-    def _installed_reasoning_parser(cls, name: str | None) -> str | None:
-        parsers = plugins.reasoning_parsers()
+    def _installed_parser(cls, name: str | None, info: ValidationInfo) -> str | None:
+        parsers = PARSER_REGISTRIES[info.field_name]()
         if name is not None and name not in parsers:
             raise ValueError(parsers.describe_missing(name))
         return name

@@ -610,35 +610,34 @@ class InputTextPart(BaseModel):
     text: str
 
 
-class InputMessageItem(BaseModel):
+class InputItem(BaseModel):
+    """What every input item may carry from an earlier response's output (and is not needed)."""
+
     model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    status: str | None = None
+
+
+class InputMessageItem(InputItem):
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
     content: str | list[InputTextPart]
-    id: str | None = None
-    status: str | None = None
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
-class FunctionCallItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunctionCallItem(InputItem):
     type: Literal["function_call"]
     call_id: str
     name: str
     arguments: str
-    id: str | None = None
-    status: str | None = None
 
 
-class FunctionCallOutputItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunctionCallOutputItem(InputItem):
     type: Literal["function_call_output"]
     call_id: str
     output: str
-    id: str | None = None
-    status: str | None = None
 
 
 class FunctionTool(BaseModel):
