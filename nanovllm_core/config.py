@@ -76,7 +76,8 @@ class EngineConfig(BaseSettings):
     max_model_len: int = Field(4096, ge=1, description="Prompt + output tokens per sequence (capped to the model's).")
     block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
     kv_cache_memory_gb: float | None = Field(
-        None, gt=0, description="KV-cache size in GiB; empty: 2 GiB on CPU, from gpu_memory_utilization on CUDA."
+        None, gt=0, description="KV-cache size in GiB. On CPU the cache holds what max_num_seqs sequences of "
+        "max_model_len tokens can use, at most this (empty: 2 GiB); on CUDA, empty: from gpu_memory_utilization."
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory the engine may use.")
     tensor_parallel_size: int = Field(1, ge=1, description="Processes the model's weights are split across.")

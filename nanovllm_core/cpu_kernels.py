@@ -65,7 +65,7 @@ def _build() -> None:
     from torch.utils import cpp_extension
 
     name = f"nanovllm_cpu_{cpu_fingerprint()}"
-    logger.info("loading the CPU kernels (%s); the first start on a machine compiles them", name)
+    logger.info("loading the CPU kernels (%s); the first time on a machine compiles them (seconds to a minute)", name)
     try:
         cpp_extension.load(
             name=name,
@@ -126,3 +126,18 @@ def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` of a fused ``[gate | up]`` last dimension."""
     return torch.ops.nanovllm_cpu.silu_and_mul(x)
+
+
+def main() -> None:
+    """``python -m nanovllm_core.cpu_kernels``: build the kernels now (``make install`` does),
+    so that the first server start does not; a machine that cannot build them is told why."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        load()
+        logger.info("CPU kernels ready")
+    except RuntimeError as error:
+        logger.warning("%s; nanovllm will run the CPU path in plain PyTorch (slower)", error)
+
+
+if __name__ == "__main__":
+    main()

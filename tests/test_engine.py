@@ -110,3 +110,19 @@ def test_max_model_len_is_reconciled_with_the_kv_cache(tmp_path, smollm2_tokeniz
     assert llm.engine.max_model_len == 128 and "capped to 128" in caplog.text
     result = llm.generate([[5] * 20], SamplingParams(max_tokens=None, ignore_eos=True), use_tqdm=False)[0]
     assert result["finish_reason"] == "length" and len(result["token_ids"]) == 108
+
+
+def test_the_cpu_kv_cache_holds_what_the_configuration_can_use(tmp_path, smollm2_tokenizer):
+    """max_num_seqs x max_model_len tokens, not a fixed 2 GiB; kv_cache_memory_gb still caps it."""
+    from nanovllm_core import LLM
+    from tiny_models import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint("LlamaForCausalLM", tmp_path, smollm2_tokenizer)
+    llm = LLM(str(checkpoint), dtype="float32", max_num_seqs=3, max_model_len=100, block_size=16)
+    assert llm.engine.runner.num_blocks == 3 * 7  # ceil(100 / 16) blocks per sequence
+    runner = llm.engine.runner
+    assert runner.num_blocks * runner.kv_bytes_per_block() == sum(
+        layer.k_cache.nbytes + layer.v_cache.nbytes for layer in runner.attention_layers)
+    capped = LLM(str(checkpoint), dtype="float32", max_num_seqs=3, max_model_len=100, block_size=16,
+                 kv_cache_memory_gb=runner.kv_bytes_per_block() * 10 / (1 << 30))
+    assert capped.engine.runner.num_blocks == 10

@@ -163,16 +163,25 @@ class ModelRunner:
         return per_layer * len(self.attention_layers)
 
     def _kv_cache_budget(self) -> int:
+        if self.device.type == "cpu":
+            return self._cpu_kv_cache_budget()
         if self.config.kv_cache_memory_gb is not None:
             return int(self.config.kv_cache_memory_gb * GiB)
-        if self.device.type == "cpu":
-            return int(CPU_KV_CACHE_GB * GiB)
         activation_peak = self._profile_activation_memory()
         free, total = torch.cuda.mem_get_info(self.device)
         budget = int(total * self.config.gpu_memory_utilization - (total - free) - activation_peak)
         logger.info("GPU: %.1f GiB in use, activation peak %.2f GiB, KV cache %.1f GiB",
                     (total - free) / GiB, activation_peak / GiB, budget / GiB)
         return budget
+
+    def _cpu_kv_cache_budget(self) -> int:
+        """What the configuration can use (max_num_seqs sequences of max_model_len tokens),
+        at most kv_cache_memory_gb (2 GiB unset): a one-user server does not hold 2 GiB."""
+        cap = int((self.config.kv_cache_memory_gb or CPU_KV_CACHE_GB) * GiB)
+        usable = self.config.max_num_seqs * -(-self.max_model_len // self.block_size) * self.kv_bytes_per_block()
+        logger.info("KV cache: %.0f MiB (the configuration can use %.0f MiB, capped at %.0f MiB)",
+                    min(usable, cap) / (1 << 20), usable / (1 << 20), cap / (1 << 20))
+        return min(usable, cap)
 
     def _set_kv_cache(self, num_blocks: int) -> None:
         shape = self.backend.kv_cache_shape(num_blocks)
