@@ -149,3 +149,22 @@ def test_an_engine_still_loading_is_a_503_with_retry_after():
         ctx.check_prompt_chars(["hello"])
     response = refused.value.response()
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+
+def test_sentence_transformers_pooling_is_read_and_unknown_modules_refused(tmp_path):
+    import json
+
+    from nanovllm_core.loader.sentence_transformers import read_pooler_config
+    from nanovllm_core.pooling import PoolerConfig
+
+    assert read_pooler_config(tmp_path) is None  # not a sentence-transformers checkpoint
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert read_pooler_config(tmp_path) == PoolerConfig("cls", normalize=False)
+    dense = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    (tmp_path / "modules.json").write_text(json.dumps([*modules, dense]))
+    with pytest.raises(ValueError, match=r"\['Dense'\] are not supported"):
+        read_pooler_config(tmp_path)
