@@ -115,8 +115,11 @@ class StreamedToolCalls:
     def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
         return self._convert(*self._stream.feed(text))
 
-    def finish(self) -> tuple[str, list[ToolCallDelta]]:
-        return self._convert(*self._stream.finish())
+    def finish(self, text: str = "") -> tuple[str, list[ToolCallDelta]]:
+        """The last piece of text, then whatever the stream held back."""
+        content, calls = self.feed(text)
+        more_content, more_calls = self._convert(*self._stream.finish())
+        return content + more_content, calls + more_calls
 
     def _convert(self, content: str, deltas: list[ParsedToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
         converted = []

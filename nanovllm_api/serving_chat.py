@@ -136,11 +136,8 @@ async def _stream(
     def split(index: int, reasoning_and_answer: tuple[str, str], last: bool = False) -> tuple[str, str, list]:
         """A piece of output through the choice's reasoning splitter, then its tool-call splitter."""
         reasoning, answer = reasoning_and_answer
-        content, calls = splitters[index].feed(answer)
-        if last:
-            more_content, more_calls = splitters[index].finish()
-            content, calls = content + more_content, calls + more_calls
-        return reasoning, content, calls
+        splitter = splitters[index]
+        return reasoning, *(splitter.finish(answer) if last else splitter.feed(answer))
 
     for index in range(len(generation.sequences)):
         yield chunk([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])

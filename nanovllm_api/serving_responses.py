@@ -85,9 +85,7 @@ class ResponseBuilder:
 
     def finish(self, final: RequestOutput) -> list[str]:
         reasoning, answer = self.reasoning.finish()
-        content, calls = self.tool_calls.feed(answer)
-        more_content, more_calls = self.tool_calls.finish()
-        events = self._apply(reasoning, content + more_content, calls + more_calls)
+        events = self._apply(reasoning, *self.tool_calls.finish(answer))
         self.final = final
         return events + self._close()
 
