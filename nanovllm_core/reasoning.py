@@ -53,8 +53,6 @@ class DeepSeekR1ReasoningParser(ReasoningParser):
 class AnswerOnly:
     """The stream of a model served without a reasoning parser: everything is answer."""
 
-    saw_reasoning = False
-
     def feed(self, text: str) -> tuple[str, str]:
         return "", text
 
