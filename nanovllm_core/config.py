@@ -86,10 +86,11 @@ class EngineConfig(BaseSettings):
     grammar_backend: str = Field(
         "xgrammar", description="Structured-output (grammar) backend by name, from an installed plugin."
     )
-    quantization: Literal["none", "int8", "int4"] = Field(
-        "none", description="Weight-only quantization of the linear layers and LM head, CPU only, used for batches of up "
-        "to 4 rows: int8 (per output channel) reads half of bfloat16's bytes, int4 (groups of 32, as GGUF's Q4_1) "
-        "under a third. The model's answers change slightly, except that int4 gives a Q4_1 GGUF's own weights back."
+    quantization: Literal["auto", "none", "int8", "int4"] = Field(
+        "auto", description="Quantized linear layers and LM head on the CPU, in blocks of 32 inputs, computed with "
+        "integer dot products: int8 (as GGUF's Q8_0) reads half of bfloat16's bytes, int4 (as Q4_1) under a third, "
+        "and no full-precision copy is kept. auto: a GGUF file's own precision (Q4 types run as int4, Q5-Q8 as "
+        "int8, float types unquantized), none for other checkpoints and on GPU. none: the model's dtype."
     )
     generation_config: Literal["auto", "none"] = Field(
         "auto", description="auto: the model's generation_config.json sets the defaults of the sampling fields a "

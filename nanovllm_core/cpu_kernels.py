@@ -94,21 +94,41 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     )
 
 
-def int8_linear(x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor, generic_only: bool = False) -> torch.Tensor:
-    """``x @ (values * scales[:, None]).T`` for a few rows of ``x``; int8 ``values`` [out, in], one scale per output."""
+# the quantized linears' kernel paths, by the number the C++ code gives each
+QUANTIZED_LINEAR_PATHS = {0: "portable", 1: "avx2", 2: "avx512_vnni", 3: "neon_dot"}
+
+
+def quantized_linear_paths() -> list[str]:
+    """The quantized linears' kernel paths this build has, best first (the default)."""
     load()
-    return torch.ops.nanovllm_cpu.int8_linear(x, values, scales, generic_only)
+    return [QUANTIZED_LINEAR_PATHS[number] for number in torch.ops.nanovllm_cpu.quantized_linear_paths()]
+
+
+def _path_number(path: str | None) -> int:
+    if path is None:
+        return torch.ops.nanovllm_cpu.quantized_linear_paths()[0]
+    return next(number for number, name in QUANTIZED_LINEAR_PATHS.items() if name == path)
+
+
+def int8_linear(x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor, path: str | None = None) -> torch.Tensor:
+    """``x @ w.T``, ``w`` in blocks of 32 along the input (GGUF's Q8_0): ``values * scale``.
+
+    int8 ``values`` [out, in]; float16 ``scales`` [out, in / 32]. ``path`` picks a kernel
+    path of ``quantized_linear_paths()`` (tests run each); None, the best.
+    """
+    load()
+    return torch.ops.nanovllm_cpu.int8_linear(x, values, scales, _path_number(path))
 
 
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
-                generic_only: bool = False) -> torch.Tensor:
-    """``x @ w.T`` for a few rows of ``x``, ``w`` in groups of 32 along the input: ``q * scale + min``.
+                path: str | None = None) -> torch.Tensor:
+    """``x @ w.T``, ``w`` in blocks of 32 along the input (GGUF's Q4_1): ``q * scale + min``.
 
-    ``packed`` uint8 [out, in / 2] (byte i of a group: q[i] low nibble, q[i + 16] high);
-    ``scales``/``mins`` float16 [out, in / 32].
+    ``packed`` uint8 [out, in / 2] (byte i of a block: q[i] low nibble, q[i + 16] high);
+    ``scales``/``mins`` float16 [out, in / 32]. ``path`` as for ``int8_linear``.
     """
     load()
-    return torch.ops.nanovllm_cpu.int4_linear(x, packed, scales, mins, generic_only)
+    return torch.ops.nanovllm_cpu.int4_linear(x, packed, scales, mins, _path_number(path))
 
 
 def rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,

@@ -37,7 +37,7 @@ def smollm2_llm(smollm2_path):
     """SmolLM2 in float32, shared by the tests that only read from it."""
     from nanovllm_core import LLM
 
-    return LLM(str(smollm2_path), dtype="float32")
+    return LLM(str(smollm2_path), dtype="float32", quantization="none")
 
 
 @pytest.fixture(scope="session")

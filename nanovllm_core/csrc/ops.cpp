@@ -7,9 +7,10 @@ namespace nanovllm {
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
                                   bool generic_only);
-at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales, bool generic_only);
+std::vector<int64_t> quantized_linear_paths();
+at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales, int64_t path);
 at::Tensor int4_linear(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales,
-                       const at::Tensor& mins, bool generic_only);
+                       const at::Tensor& mins, int64_t path);
 std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& input, const c10::optional<at::Tensor>& residual,
                                             const at::Tensor& weight, double eps);
 at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin);
@@ -19,8 +20,9 @@ at::Tensor silu_and_mul(const at::Tensor& input);
 TORCH_LIBRARY(nanovllm_cpu, m) {
   m.def("paged_decode_attention(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor context_lens, float scale, bool generic_only=False) -> Tensor");
-  m.def("int8_linear(Tensor input, Tensor values, Tensor scales, bool generic_only=False) -> Tensor");
-  m.def("int4_linear(Tensor input, Tensor packed, Tensor scales, Tensor mins, bool generic_only=False) -> Tensor");
+  m.def("quantized_linear_paths() -> int[]", &nanovllm::quantized_linear_paths);
+  m.def("int8_linear(Tensor input, Tensor values, Tensor scales, int path) -> Tensor");
+  m.def("int4_linear(Tensor input, Tensor packed, Tensor scales, Tensor mins, int path) -> Tensor");
   m.def("rms_norm(Tensor input, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("rotary_embedding(Tensor x, Tensor positions, Tensor cos, Tensor sin) -> Tensor");
   m.def("silu_and_mul(Tensor input) -> Tensor");

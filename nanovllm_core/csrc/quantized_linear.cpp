@@ -1,201 +1,407 @@
-// Weight-only quantized linear for a few rows: out = x @ dequantize(weight)^T.
+// Quantized linear layers computed with integer dot products, at any row count:
+// out = x @ dequantize(weight)^T.
 //
-// At batch 1 a decode step is bound by reading the weights, so fewer bytes per
-// weight is the lever. Two formats:
-// - int8: one int8 per weight and one scale per output row (1 byte per weight);
-// - int4: groups of 32 weights along the input, each 4-bit q with a float16
-//   scale d and minimum m, w = q * d + m (0.625 bytes per weight). Byte i of a
-//   group's 16 holds q[i] in its low nibble and q[i + 16] in its high one, as
-//   GGUF's Q4_1 blocks do.
-// Each output row is read once for all (up to four) input rows: 16 or 32
-// weights at a time are turned into float32 in registers and multiplied in
-// with FMAs, tiles of four output rows sharing each load of x, and weight rows
-// eight tiles ahead prefetched by hand (1.4x torch's _weight_int8pack_mm over
-// SmolLM2's layers read from memory).
+// Weights stay in blocks of 32 along the input, as GGUF stores them:
+// - int8 (Q8_0): w = q * d, q int8 in [-127, 127], one float16 d per block;
+// - int4 (Q4_1): w = q * d + m, q in [0, 15], float16 d and m per block; byte i
+//   of a block's 16 holds q[i] in its low nibble and q[i + 16] in its high one.
+// Each call rounds the input rows to int8 in blocks of 32 too (x ~ xq * dx), so
+// a block adds  dw * dx * sum(q * xq)  (+ m * dx * sum(xq) for int4) to an
+// output, and the sum is exact integer arithmetic on 32 bytes at a time:
+// AVX-512 VNNI's vpdpbusd, AVX2's vpmaddubsw + vpmaddwd, ARM's sdot, or a
+// portable loop. The x86 instructions multiply unsigned by signed bytes: int4's
+// q is unsigned already; int8 goes in as |q| times xq carrying q's sign.
+//
+// Work is split over threads by output rows. A thread takes a tile of four
+// output rows (a few KB of weights, kept in L1) through every input row in
+// turn, so the weights are read from memory once per call whatever the rows,
+// and prefetches the tiles it reads next (at one row the call is bound by
+// reading the weights).
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "vec.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#if defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#endif
+
 namespace nanovllm {
+
+std::vector<int64_t> quantized_linear_paths();
+
 namespace {
 
-constexpr int64_t kMaxRows = 4;        // input rows per pass: 4 x 4 accumulators stay in registers
-constexpr int64_t kPrefetchTiles = 8;  // measured: 4 and 16 tiles ahead read the weights slower
-constexpr int64_t kGroup = 32;         // int4 weights per scale and minimum
+constexpr int64_t kBlock = 32;         // weights (and inputs) per scale
+constexpr int64_t kOuts = 4;           // output rows per tile
+constexpr int64_t kPrefetchTiles = 8;  // how far ahead a thread asks for the next tiles' weights
+
+// The kernel paths, best first; a build has those its compiler flags allow.
+enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2, kNeonDot = 3 };
+
+#if defined(__AVX2__)
+inline float horizontal_sum(__m256 v) {
+  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+  return _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)));
+}
+#endif
+
+// The input rows rounded to int8 per block of 32: x ~ q * scale; sums = scale * sum(q) per block.
+struct QuantizedRows {
+  int64_t rows, in;
+  std::vector<int8_t> q;       // [rows, in]
+  std::vector<float> scales;   // [rows, in / 32]
+  std::vector<float> sums;     // [rows, in / 32]
+
+  template <typename T>
+  QuantizedRows(const T* x, int64_t rows, int64_t in)
+      : rows(rows), in(in), q(rows * in), scales(rows * in / kBlock), sums(rows * in / kBlock) {
+    at::parallel_for(0, rows * (in / kBlock), 256, [&](int64_t first, int64_t last) {
+      float values[kBlock];
+      for (int64_t b = first; b < last; ++b) {
+        load_floats(x + b * kBlock, values, kBlock);
+        float amax = 0.f;
+        for (float v : values) amax = std::max(amax, std::abs(v));
+        const float scale = amax / 127.f, inverse = amax > 0.f ? 127.f / amax : 0.f;
+        int32_t total = 0;
+        for (int64_t i = 0; i < kBlock; ++i) {
+          const int32_t rounded = static_cast<int32_t>(std::nearbyint(values[i] * inverse));
+          q[b * kBlock + i] = static_cast<int8_t>(rounded);
+          total += rounded;
+        }
+        scales[b] = scale;
+        sums[b] = scale * static_cast<float>(total);
+      }
+    });
+  }
+  const int8_t* block(int64_t row, int64_t b) const { return q.data() + row * in + b * kBlock; }
+  float scale(int64_t row, int64_t b) const { return scales[row * (in / kBlock) + b]; }
+  float sum(int64_t row, int64_t b) const { return sums[row * (in / kBlock) + b]; }
+};
 
 struct Int8Format {
-  const int8_t* values;  // [out, in]
-  const float* scales;   // [out]
+  const int8_t* values;    // [out, in]
+  const at::Half* scales;  // [out, in / 32]
   int64_t in;
 
-  static constexpr int64_t kChunk = 16;  // weights per step
+  static constexpr bool kHasMins = false;
+  static constexpr const at::Half* mins = nullptr;
   int64_t row_bytes() const { return in; }
   const void* row(int64_t n) const { return values + n * in; }
-
-  void dequantize_row(int64_t n, float* out) const {
-    const int8_t* w = values + n * in;
-    const float scale = scales[n];
-#pragma omp simd
-    for (int64_t k = 0; k < in; ++k) out[k] = static_cast<float>(w[k]) * scale;
-  }
-
-#if defined(__AVX512F__)
-  void dequantize_chunk(int64_t n, int64_t k, __m512* out) const {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(values + n * in + k));
-    out[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), _mm512_set1_ps(scales[n]));
-  }
-#endif
+  float scale(int64_t n, int64_t b) const { return to_float(scales[n * (in / kBlock) + b]); }
+  int8_t q(int64_t n, int64_t k) const { return values[n * in + k]; }
 };
 
 struct Int4Format {
-  const uint8_t* packed;  // [out, in / 2]
+  const uint8_t* packed;   // [out, in / 2]
   const at::Half* scales;  // [out, in / 32]
   const at::Half* mins;    // [out, in / 32]
   int64_t in;
 
-  static constexpr int64_t kChunk = kGroup;
+  static constexpr bool kHasMins = true;
   int64_t row_bytes() const { return in / 2; }
   const void* row(int64_t n) const { return packed + n * (in / 2); }
+  float scale(int64_t n, int64_t b) const { return to_float(scales[n * (in / kBlock) + b]); }
+  int8_t q(int64_t n, int64_t k) const {
+    const uint8_t byte = packed[n * (in / 2) + (k / kBlock) * (kBlock / 2) + (k % kBlock) % (kBlock / 2)];
+    return static_cast<int8_t>((k % kBlock) < kBlock / 2 ? byte & 0x0F : byte >> 4);
+  }
+};
 
-  void dequantize_row(int64_t n, float* out) const {
-    for (int64_t g = 0; g < in / kGroup; ++g) {
-      const uint8_t* bytes = packed + n * (in / 2) + g * (kGroup / 2);
-      const float d = to_float(scales[n * (in / kGroup) + g]), m = to_float(mins[n * (in / kGroup) + g]);
-      for (int64_t i = 0; i < kGroup / 2; ++i) {
-        out[g * kGroup + i] = static_cast<float>(bytes[i] & 0x0F) * d + m;
-        out[g * kGroup + i + kGroup / 2] = static_cast<float>(bytes[i] >> 4) * d + m;
+// The minimum's share of an int4 output: sum over blocks of m * dx * sum(xq).
+template <typename Format>
+float min_term(const Format& w, const QuantizedRows& x, int64_t row, int64_t n) {
+  if constexpr (!Format::kHasMins) return 0.f;
+  const int64_t blocks = w.in / kBlock;
+  const at::Half* mins = w.mins + n * blocks;
+  const float* sums = x.sums.data() + row * blocks;
+  int64_t b = 0;
+  float total = 0.f;
+#if defined(__AVX2__) && defined(__F16C__)
+  __m256 acc = _mm256_setzero_ps();
+  for (; b + 8 <= blocks; b += 8) {
+    const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + b)));
+    acc = _mm256_fmadd_ps(m, _mm256_loadu_ps(sums + b), acc);
+  }
+  total = horizontal_sum(acc);
+#endif
+  for (; b < blocks; ++b) total += to_float(mins[b]) * sums[b];
+  return total;
+}
+
+template <typename T, typename Format>
+void portable_tile(const Format& w, const QuantizedRows& x, T* out, int64_t out_features, int64_t n, int64_t outs) {
+  for (int64_t o = n; o < n + outs; ++o)
+    for (int64_t r = 0; r < x.rows; ++r) {
+      float total = min_term(w, x, r, o);
+      for (int64_t b = 0; b < w.in / kBlock; ++b) {
+        const int8_t* xq = x.block(r, b);
+        int32_t dot = 0;
+        for (int64_t i = 0; i < kBlock; ++i) dot += static_cast<int32_t>(w.q(o, b * kBlock + i)) * xq[i];
+        total += w.scale(o, b) * x.scale(r, b) * static_cast<float>(dot);
+      }
+      out[r * out_features + o] = static_cast<T>(total);
+    }
+}
+
+#if defined(__AVX2__)
+// Sums of four neighbouring products of unsigned u and signed s bytes, as eight int32.
+template <bool VNNI>
+inline __m256i dot_u8s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  if constexpr (VNNI) return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#endif
+  // pairs never saturate int16: |q| <= 127 (or 15) and |xq| <= 127
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// A block of weights as 32 bytes in input order (int4: q; int8: q itself, signed).
+inline __m256i load_block(const Int8Format& w, int64_t n, int64_t b) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + n * w.in + b * kBlock));
+}
+inline __m256i load_block(const Int4Format& w, int64_t n, int64_t b) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.packed + n * (w.in / 2) + b * kBlock / 2));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), _mm_and_si128(bytes, mask));
+}
+
+template <bool VNNI>
+inline __m256i block_dot(const Int8Format&, __m256i q, __m256i xq) {
+  return dot_u8s8<VNNI>(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q));
+}
+template <bool VNNI>
+inline __m256i block_dot(const Int4Format&, __m256i q, __m256i xq) {
+  return dot_u8s8<VNNI>(q, xq);
+}
+
+// kOuts output rows times ROWS input rows from `row` on.
+template <typename T, typename Format, bool VNNI, int ROWS>
+inline void avx2_tile_rows(const Format& w, const QuantizedRows& x, int64_t row, T* out, int64_t out_features,
+                           int64_t n) {
+  __m256 acc[kOuts][ROWS];
+  for (int o = 0; o < kOuts; ++o)
+    for (int r = 0; r < ROWS; ++r) acc[o][r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < w.in / kBlock; ++b) {
+    __m256i xq[ROWS];
+    float dx[ROWS];
+    for (int r = 0; r < ROWS; ++r) {
+      xq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.block(row + r, b)));
+      dx[r] = x.scale(row + r, b);
+    }
+    for (int o = 0; o < kOuts; ++o) {
+      const __m256i q = load_block(w, n + o, b);
+      const float dw = w.scale(n + o, b);
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256 dot = _mm256_cvtepi32_ps(block_dot<VNNI>(w, q, xq[r]));
+        acc[o][r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw * dx[r]), acc[o][r]);
       }
     }
   }
-
-#if defined(__AVX512F__)
-  void dequantize_chunk(int64_t n, int64_t k, __m512* out) const {
-    const int64_t group = n * (in / kGroup) + k / kGroup;
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + n * (in / 2) + k / 2));
-    const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
-    const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
-    const __m512 d = _mm512_set1_ps(to_float(scales[group])), m = _mm512_set1_ps(to_float(mins[group]));
-    out[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(low)), d, m);
-    out[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(high)), d, m);
-  }
-#endif
-};
-
-// x: [rows, in] float32; writes out[row * out_features + n] for n in [first, last).
-template <typename T, typename Format>
-void generic_pass(const Format& w, const float* x, int64_t rows, T* out, int64_t out_features, int64_t first,
-                  int64_t last) {
-  std::vector<float> weights(w.in);
-  for (int64_t n = first; n < last; ++n) {
-    w.dequantize_row(n, weights.data());
-    for (int64_t r = 0; r < rows; ++r) out[r * out_features + n] = static_cast<T>(dot(weights.data(), x + r * w.in, w.in));
-  }
+  for (int o = 0; o < kOuts; ++o)
+    for (int r = 0; r < ROWS; ++r)
+      out[(row + r) * out_features + n + o] =
+          static_cast<T>(horizontal_sum(acc[o][r]) + min_term(w, x, row + r, n + o));
 }
 
-#if defined(__AVX512F__)
-// OUTS output rows (a tile) times ROWS input rows; in is a multiple of Format::kChunk.
-template <typename T, typename Format, int ROWS, int OUTS>
-inline void avx512_tile(const Format& w, const float* x, T* out, int64_t out_features, int64_t n) {
-  constexpr int kVectors = Format::kChunk / 16;
-  __m512 acc[OUTS][ROWS];
-  for (int o = 0; o < OUTS; ++o)
-    for (int r = 0; r < ROWS; ++r) acc[o][r] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < w.in; k += Format::kChunk) {
-    __m512 xs[ROWS][kVectors];
-    for (int r = 0; r < ROWS; ++r)
-      for (int v = 0; v < kVectors; ++v) xs[r][v] = _mm512_loadu_ps(x + r * w.in + k + 16 * v);
-    for (int o = 0; o < OUTS; ++o) {
-      __m512 weights[kVectors];
-      w.dequantize_chunk(n + o, k, weights);
-      for (int r = 0; r < ROWS; ++r)
-        for (int v = 0; v < kVectors; ++v) acc[o][r] = _mm512_fmadd_ps(weights[v], xs[r][v], acc[o][r]);
-    }
-  }
-  for (int o = 0; o < OUTS; ++o)
-    for (int r = 0; r < ROWS; ++r) out[r * out_features + n + o] = static_cast<T>(_mm512_reduce_add_ps(acc[o][r]));
+// AVX2 has 16 vector registers: 4 x 2 accumulators leave room for the operands;
+// AVX-512 has 32: 4 x 4.
+template <typename T, typename Format, bool VNNI>
+void avx2_tile(const Format& w, const QuantizedRows& x, T* out, int64_t out_features, int64_t n) {
+  constexpr int kRows = VNNI ? 4 : 2;
+  int64_t row = 0;
+  for (; row + kRows <= x.rows; row += kRows) avx2_tile_rows<T, Format, VNNI, kRows>(w, x, row, out, out_features, n);
+  for (; row < x.rows; ++row) avx2_tile_rows<T, Format, VNNI, 1>(w, x, row, out, out_features, n);
+}
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// Two blocks (64 inputs) per instruction: 16 int32 sums, the first eight block b's.
+inline __m512i load_pair(const Int8Format& w, int64_t n, int64_t b) {
+  return _mm512_loadu_si512(w.values + n * w.in + b * kBlock);
+}
+inline __m512i load_pair(const Int4Format& w, int64_t n, int64_t b) {
+  const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.packed + n * (w.in / 2) + b * kBlock / 2));
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i low = _mm256_and_si256(bytes, mask), high = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+  // [b low, b+1 low, b high, b+1 high] in 16-byte lanes, reordered to input order
+  const __m512i lanes = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+  return _mm512_shuffle_i64x2(lanes, lanes, _MM_SHUFFLE(3, 1, 2, 0));
+}
+inline __m512i pair_dot(const Int8Format&, __m512i q, __m512i xq) {
+  const __m512i negated = _mm512_mask_sub_epi8(xq, _mm512_movepi8_mask(q), _mm512_setzero_si512(), xq);
+  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(q), negated);
+}
+inline __m512i pair_dot(const Int4Format&, __m512i q, __m512i xq) {
+  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq);
+}
+// {a x 8, b x 8}: a block pair's scales, lane for lane with pair_dot's sums
+inline __m512 pair_scales(float a, float b) {
+  return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
 }
 
 template <typename T, typename Format, int ROWS>
-void avx512_pass(const Format& w, const float* x, T* out, int64_t out_features, int64_t first, int64_t last) {
-  int64_t n = first;
-  for (; n + 4 <= last; n += 4) {
-    if (n + 4 * (kPrefetchTiles + 1) <= last) prefetch(w.row(n + 4 * kPrefetchTiles), 4 * w.row_bytes());
-    avx512_tile<T, Format, ROWS, 4>(w, x, out, out_features, n);
+inline void avx512_tile_rows(const Format& w, const QuantizedRows& x, int64_t row, T* out, int64_t out_features,
+                             int64_t n) {
+  __m512 acc[kOuts][ROWS];
+  for (int o = 0; o < kOuts; ++o)
+    for (int r = 0; r < ROWS; ++r) acc[o][r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < w.in / kBlock; b += 2) {
+    __m512i xq[ROWS];
+    __m512 dx[ROWS];
+    for (int r = 0; r < ROWS; ++r) {
+      xq[r] = _mm512_loadu_si512(x.block(row + r, b));
+      dx[r] = pair_scales(x.scale(row + r, b), x.scale(row + r, b + 1));
+    }
+    for (int o = 0; o < kOuts; ++o) {
+      const __m512i q = load_pair(w, n + o, b);
+      const __m512 dw = pair_scales(w.scale(n + o, b), w.scale(n + o, b + 1));
+      for (int r = 0; r < ROWS; ++r) {
+        const __m512 dot = _mm512_cvtepi32_ps(pair_dot(w, q, xq[r]));
+        acc[o][r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, dx[r]), acc[o][r]);
+      }
+    }
   }
-  for (; n < last; ++n) avx512_tile<T, Format, ROWS, 1>(w, x, out, out_features, n);
+  for (int o = 0; o < kOuts; ++o)
+    for (int r = 0; r < ROWS; ++r)
+      out[(row + r) * out_features + n + o] =
+          static_cast<T>(_mm512_reduce_add_ps(acc[o][r]) + min_term(w, x, row + r, n + o));
+}
+
+// in: a multiple of 64
+template <typename T, typename Format>
+void avx512_tile(const Format& w, const QuantizedRows& x, T* out, int64_t out_features, int64_t n) {
+  constexpr int kRows = 4;
+  int64_t row = 0;
+  for (; row + kRows <= x.rows; row += kRows) avx512_tile_rows<T, Format, kRows>(w, x, row, out, out_features, n);
+  for (; row < x.rows; ++row) avx512_tile_rows<T, Format, 1>(w, x, row, out, out_features, n);
+}
+#endif
+
+#if defined(__ARM_FEATURE_DOTPROD)
+// sdot multiplies signed bytes: int4's q (0..15) and int8's q go in as they are.
+inline int8x16x2_t load_block(const Int8Format& w, int64_t n, int64_t b) {
+  const int8_t* q = w.values + n * w.in + b * kBlock;
+  return {vld1q_s8(q), vld1q_s8(q + 16)};
+}
+inline int8x16x2_t load_block(const Int4Format& w, int64_t n, int64_t b) {
+  const uint8x16_t bytes = vld1q_u8(w.packed + n * (w.in / 2) + b * kBlock / 2);
+  return {vreinterpretq_s8_u8(vandq_u8(bytes, vdupq_n_u8(0x0F))), vreinterpretq_s8_u8(vshrq_n_u8(bytes, 4))};
+}
+
+template <typename T, typename Format>
+void neon_tile(const Format& w, const QuantizedRows& x, T* out, int64_t out_features, int64_t n) {
+  for (int64_t row = 0; row < x.rows; ++row) {
+    float32x4_t acc[kOuts];
+    for (int o = 0; o < kOuts; ++o) acc[o] = vdupq_n_f32(0.f);
+    for (int64_t b = 0; b < w.in / kBlock; ++b) {
+      const int8_t* xq = x.block(row, b);
+      const int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
+      const float dx = x.scale(row, b);
+      for (int o = 0; o < kOuts; ++o) {
+        const int8x16x2_t q = load_block(w, n + o, b);
+        const int32x4_t dot = vdotq_s32(vdotq_s32(vdupq_n_s32(0), q.val[0], x0), q.val[1], x1);
+        acc[o] = vfmaq_n_f32(acc[o], vcvtq_f32_s32(dot), w.scale(n + o, b) * dx);
+      }
+    }
+    for (int o = 0; o < kOuts; ++o)
+      out[row * out_features + n + o] = static_cast<T>(vaddvq_f32(acc[o]) + min_term(w, x, row, n + o));
+  }
 }
 #endif
 
 template <typename T, typename Format>
-void pass(const Format& w, const float* x, int64_t rows, T* out, int64_t out_features, int64_t first, int64_t last,
-          bool generic_only) {
-#if defined(__AVX512F__)
-  if (!generic_only && w.in % Format::kChunk == 0) {
-    switch (rows) {
-      case 1: return avx512_pass<T, Format, 1>(w, x, out, out_features, first, last);
-      case 2: return avx512_pass<T, Format, 2>(w, x, out, out_features, first, last);
-      case 3: return avx512_pass<T, Format, 3>(w, x, out, out_features, first, last);
-      case 4: return avx512_pass<T, Format, 4>(w, x, out, out_features, first, last);
-      default: break;
-    }
-  }
+void tile(const Format& w, const QuantizedRows& x, T* out, int64_t out_features, int64_t n, int64_t outs, Path path) {
+  if (outs == kOuts) {
+#if defined(__AVX2__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (path == kAvx512Vnni && w.in % (2 * kBlock) == 0) return avx512_tile<T, Format>(w, x, out, out_features, n);
 #endif
-  generic_pass(w, x, rows, out, out_features, first, last);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    if (path == kAvx512Vnni) return avx2_tile<T, Format, true>(w, x, out, out_features, n);
+#endif
+    if (path == kAvx2) return avx2_tile<T, Format, false>(w, x, out, out_features, n);
+#endif
+#if defined(__ARM_FEATURE_DOTPROD)
+    if (path == kNeonDot) return neon_tile<T, Format>(w, x, out, out_features, n);
+#endif
+  }
+  portable_tile(w, x, out, out_features, n, outs);
 }
 
-// The input in float32 (a plain buffer: one fewer tensor op per call, which
-// counts at batch 1), then passes of up to four rows over each thread's share
-// of the output rows.
 template <typename Format>
-at::Tensor run(const Format& w, const at::Tensor& input, int64_t out_features, bool generic_only) {
+at::Tensor run(const Format& w, const at::Tensor& input, int64_t out_features, Path path) {
   const int64_t rows = input.size(0), in = input.size(1);
-  std::vector<float> x(rows * in);
-  const at::Tensor input_rows = input.contiguous();
+  const at::Tensor x = input.contiguous();
   at::Tensor out = at::empty({rows, out_features}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "quantized_linear", [&] {
-    load_floats(input_rows.data_ptr<scalar_t>(), x.data(), rows * in);
+    const QuantizedRows rounded(x.data_ptr<scalar_t>(), rows, in);
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, out_features, 64, [&](int64_t first, int64_t last) {
-      for (int64_t r = 0; r < rows; r += kMaxRows)
-        pass(w, x.data() + r * in, std::min(kMaxRows, rows - r), o + r * out_features, out_features, first, last,
-             generic_only);
+    const int64_t tiles = (out_features + kOuts - 1) / kOuts;
+    at::parallel_for(0, tiles, 16, [&](int64_t first, int64_t last) {
+      for (int64_t t = first; t < last; ++t) {
+        if (t + kPrefetchTiles < last) prefetch(w.row((t + kPrefetchTiles) * kOuts), kOuts * w.row_bytes());
+        const int64_t n = t * kOuts;
+        tile(w, rounded, o, out_features, n, std::min(kOuts, out_features - n), path);
+      }
     });
   });
   return out;
 }
 
+Path checked_path(int64_t path) {
+  const std::vector<int64_t> paths = quantized_linear_paths();
+  TORCH_CHECK(std::find(paths.begin(), paths.end(), path) != paths.end(),
+              "quantized linear: kernel path ", path, " is not in this build");
+  return static_cast<Path>(path);
+}
+
 }  // namespace
 
-at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales, bool generic_only) {
-  TORCH_CHECK(input.dim() == 2 && values.dim() == 2 && input.size(1) == values.size(1),
-              "int8_linear: input [rows, in], values [out, in]");
-  TORCH_CHECK(values.scalar_type() == at::kChar, "int8_linear: values must be int8");
-  TORCH_CHECK(scales.dim() == 1 && scales.size(0) == values.size(0), "int8_linear: one scale per output");
-  std::vector<float> s(values.size(0));
-  const at::Tensor scale_values = scales.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scales.scalar_type(), "int8_linear_scales", [&] {
-    load_floats(scale_values.data_ptr<scalar_t>(), s.data(), s.size());
-  });
-  const at::Tensor w = values.contiguous();
-  return run(Int8Format{w.data_ptr<int8_t>(), s.data(), input.size(1)}, input, values.size(0), generic_only);
+std::vector<int64_t> quantized_linear_paths() {
+  std::vector<int64_t> paths;
+#if defined(__ARM_FEATURE_DOTPROD)
+  paths.push_back(kNeonDot);
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  paths.push_back(kAvx512Vnni);
+#endif
+#if defined(__AVX2__)
+  paths.push_back(kAvx2);
+#endif
+  paths.push_back(kPortable);
+  return paths;
+}
+
+at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales, int64_t path) {
+  const int64_t in = input.size(1), out_features = values.size(0);
+  TORCH_CHECK(input.dim() == 2 && values.dim() == 2 && values.size(1) == in && in % kBlock == 0,
+              "int8_linear: input [rows, in] with in a multiple of 32, values [out, in]");
+  TORCH_CHECK(values.scalar_type() == at::kChar && values.is_contiguous(), "int8_linear: values must be int8");
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.numel() == out_features * (in / kBlock),
+              "int8_linear: float16 scales [out, in / 32]");
+  return run(Int8Format{values.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), in}, input, out_features,
+             checked_path(path));
 }
 
 at::Tensor int4_linear(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales,
-                       const at::Tensor& mins, bool generic_only) {
+                       const at::Tensor& mins, int64_t path) {
   const int64_t in = input.size(1), out_features = packed.size(0);
-  TORCH_CHECK(input.dim() == 2 && packed.dim() == 2 && in % kGroup == 0 && packed.size(1) * 2 == in,
+  TORCH_CHECK(input.dim() == 2 && packed.dim() == 2 && in % kBlock == 0 && packed.size(1) * 2 == in,
               "int4_linear: input [rows, in] with in a multiple of 32, packed [out, in / 2]");
-  TORCH_CHECK(packed.scalar_type() == at::kByte, "int4_linear: packed must be uint8");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "int4_linear: packed must be uint8");
   TORCH_CHECK(scales.scalar_type() == at::kHalf && mins.scalar_type() == at::kHalf && scales.is_contiguous() &&
-              mins.is_contiguous() && scales.numel() == out_features * (in / kGroup) && mins.numel() == scales.numel(),
+              mins.is_contiguous() && scales.numel() == out_features * (in / kBlock) && mins.numel() == scales.numel(),
               "int4_linear: float16 scales and mins [out, in / 32]");
-  const at::Tensor p = packed.contiguous();
-  return run(Int4Format{p.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), mins.data_ptr<at::Half>(), in}, input,
-             out_features, generic_only);
+  return run(Int4Format{packed.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), mins.data_ptr<at::Half>(), in},
+             input, out_features, checked_path(path));
 }
 
 }  // namespace nanovllm

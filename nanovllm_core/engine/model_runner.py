@@ -150,12 +150,27 @@ class ModelRunner:
             _randomise(model)
         else:
             load_model_weights(model, source, self.hf_config)
-        if self.config.quantization != "none":
-            if self.device.type != "cpu":
-                raise ValueError(f"quantization {self.config.quantization!r} runs on the CPU only")
-            count = quantize_model_(model, self.config.quantization)
-            logger.info("%s weight-only quantization of %d layers", self.config.quantization, count)
+        method = self._quantization(source)
+        if method != "none":
+            count = quantize_model_(model, method)
+            logger.info("%s quantized linear layers: %d", method, count)
         return model.eval()
+
+    def _quantization(self, source: ModelSource) -> str:
+        """--quantization, with auto resolved: the GGUF file's own precision on CPU where the kernels built."""
+        method = self.config.quantization
+        if method != "auto":
+            if method != "none" and self.device.type != "cpu":
+                raise ValueError(f"quantization {method!r} runs on the CPU only")
+            return method
+        if self.device.type != "cpu" or self.config.load_format == "dummy":
+            return "none"
+        native = source.quantization()
+        if native != "none" and not cpu_kernels.loaded():
+            logger.warning("the GGUF file is %s, but without the CPU kernels it runs unquantized in %s",
+                           native, self.dtype)
+            return "none"
+        return native
 
     def kv_bytes_per_block(self) -> int:
         layer = self.attention_layers[0]

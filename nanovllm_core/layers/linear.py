@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanovllm_core.distributed import all_reduce, divide, get_tp_rank, get_tp_size
-from nanovllm_core.layers.quantization import QUANTIZED_MAX_ROWS, QuantizedWeight
+from nanovllm_core.layers.quantization import QuantizedWeight
 
 
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, quantized: QuantizedWeight | None = None
 ) -> torch.Tensor:
-    """F.linear, through the quantized kernel for a few rows when the weight has a
-    quantized copy, with the rows of half-precision CPU inputs padded to a few sizes.
+    """F.linear, through the quantized kernel when the layer's weight is quantized
+    (``weight`` is then empty), with the rows of half-precision CPU inputs padded to a few sizes.
 
     oneDNN, which runs bf16/fp16 matmuls on the CPU, builds and caches a kernel
     with its own buffers for every distinct row count (about 0.6 MB each for a
@@ -27,10 +27,10 @@ def linear(
     step, so unpadded the cache, and the server's memory, grew by ~2 MB per
     request in a soak test. Eight sizes per power of two bound the cache at a
     cost of at most 1/8 more rows."""
-    rows = x.shape[0]
-    if quantized is not None and x.dim() == 2 and rows <= QUANTIZED_MAX_ROWS:
-        out = quantized(x)
+    if quantized is not None:
+        out = quantized(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
         return out if bias is None else out + bias
+    rows = x.shape[0]
     if x.device.type != "cpu" or x.dtype == torch.float32 or x.dim() != 2:
         return F.linear(x, weight, bias)
     padded = padded_rows(rows)

@@ -1,9 +1,10 @@
-"""Weight-only quantization for the CPU: int8 per output channel, int4 in GGUF
-Q4_1's groups of 32, and the C++ kernels that compute with them for a few rows."""
+"""Quantized weights on the CPU, in GGUF's blocks of 32 inputs: int8 (Q8_0, one
+scale per block) and int4 (Q4_1, a scale and a minimum per block). The C++
+kernels compute with the blocks at every batch size, so a quantized layer keeps
+no full-precision copy of its weight."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,85 +12,89 @@ from torch import nn
 
 from nanovllm_core import cpu_kernels
 
-# Up to this many rows the weight-only quantized kernels beat the bf16 matmul on
-# the CPU (measured per projection: docs/benchmarks.md); larger batches use the dequantized weight
-QUANTIZED_MAX_ROWS = 4
-INT4_GROUP = 32  # weights per int4 scale and minimum, along the input (GGUF's Q4_1 block)
+BLOCK = 32  # weights per scale (and minimum), along the input
 
 
 @dataclass
 class Int8Weight:
-    """A weight rounded to int8 per output channel: ``values * scales[:, None]``."""
+    """``values * scale`` per block of 32 inputs (GGUF's Q8_0)."""
 
     values: torch.Tensor  # int8, [out, in]
-    scales: torch.Tensor  # [out], in the activations' dtype
-    # (x, values, scales) -> x @ weight.T for a few rows of x
-    matmul: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = torch._weight_int8pack_mm
+    scales: torch.Tensor  # float16, [out, in / 32]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.matmul(x, self.values, self.scales)
+        return cpu_kernels.int8_linear(x, self.values, self.scales)
+
+    def dequantize(self) -> torch.Tensor:
+        out_features, in_features = self.values.shape
+        blocks = self.values.float().view(out_features, -1, BLOCK) * self.scales.float()[..., None]
+        return blocks.view(out_features, in_features)
 
 
 @dataclass
 class Int4Weight:
-    """A weight rounded to 4 bits in groups of 32 inputs: ``q * scale + min`` per group."""
+    """``q * scale + min`` per block of 32 inputs, q in 0..15 (GGUF's Q4_1)."""
 
-    packed: torch.Tensor  # uint8, [out, in / 2]: byte i of a group holds q[i] and q[i + 16]
+    packed: torch.Tensor  # uint8, [out, in / 2]: byte i of a block holds q[i] (low nibble) and q[i + 16]
     scales: torch.Tensor  # float16, [out, in / 32]
     mins: torch.Tensor  # float16, [out, in / 32]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return cpu_kernels.int4_linear(x, self.packed, self.scales, self.mins)
 
+    def dequantize(self) -> torch.Tensor:
+        out_features = self.packed.shape[0]
+        packed = self.packed.view(out_features, -1, BLOCK // 2)
+        steps = torch.cat([packed & 0x0F, packed >> 4], dim=-1).float()  # q in input order
+        blocks = steps * self.scales.float()[..., None] + self.mins.float()[..., None]
+        return blocks.view(out_features, -1)
+
 
 QuantizedWeight = Int8Weight | Int4Weight
 
 
-def quantize_int8_(weight: torch.Tensor, matmul=torch._weight_int8pack_mm) -> Int8Weight:
-    """Round ``weight`` to int8 per output channel. The weight itself is replaced
-    by the rounded values, so every batch size computes with the same weights:
-    small batches through the int8 kernel (reading a quarter of the fp32 bytes,
-    half of bf16's), large ones through the usual matmul."""
-    full = weight.float()
-    scales = (full.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    values = torch.round(full / scales[:, None]).clamp(-127, 127).to(torch.int8)
-    weight.copy_(values.float() * scales[:, None])
-    return Int8Weight(values, scales.to(weight.dtype), matmul)
-
-
-def quantize_int4_(weight: torch.Tensor) -> Int4Weight:
-    """Round ``weight`` to 4 bits per group of 32 inputs, asymmetric (min to max in
-    15 steps, as GGUF's Q4_1), and replace it by the rounded values like
-    ``quantize_int8_``. A model that came from a Q4_1 GGUF gets its own blocks
-    back, up to the rounding of the weights to the model's dtype."""
+def quantize_int8(weight: torch.Tensor) -> Int8Weight:
+    """Round ``weight`` to int8 per block of 32 inputs, symmetric (as GGUF's Q8_0)."""
     out_features, in_features = weight.shape
-    groups = weight.float().view(out_features, in_features // INT4_GROUP, INT4_GROUP)
-    # computed with the float16 values that are stored, so the kernel and the weight agree
-    mins = groups.amin(dim=-1).half().float()
-    scales = ((groups.amax(dim=-1) - mins) / 15).half().float()
-    steps = torch.round((groups - mins[..., None]) / scales.clamp(min=1e-30)[..., None]).clamp(0, 15)
-    weight.copy_((steps * scales[..., None] + mins[..., None]).view(out_features, in_features))
+    blocks = weight.float().view(out_features, in_features // BLOCK, BLOCK)
+    # computed with the float16 scale that is stored, so the rounding matches what the kernel multiplies
+    scales = (blocks.abs().amax(dim=-1) / 127).half().float()
+    values = torch.round(blocks / scales.clamp(min=1e-30)[..., None]).clamp(-127, 127).to(torch.int8)
+    return Int8Weight(values.view(out_features, in_features).contiguous(), scales.half())
+
+
+def quantize_int4(weight: torch.Tensor) -> Int4Weight:
+    """Round ``weight`` to 4 bits per block of 32 inputs, asymmetric (min to max in
+    15 steps, as GGUF's Q4_1). Weights that came from a Q4_1 GGUF get their own
+    blocks back (up to the float16 rounding of scale and minimum)."""
+    out_features, in_features = weight.shape
+    blocks = weight.float().view(out_features, in_features // BLOCK, BLOCK)
+    mins = blocks.amin(dim=-1).half().float()
+    scales = ((blocks.amax(dim=-1) - mins) / 15).half().float()
+    steps = torch.round((blocks - mins[..., None]) / scales.clamp(min=1e-30)[..., None]).clamp(0, 15)
     q = steps.to(torch.uint8)
-    packed = (q[..., : INT4_GROUP // 2] | (q[..., INT4_GROUP // 2 :] << 4)).reshape(out_features, in_features // 2)
+    packed = (q[..., : BLOCK // 2] | (q[..., BLOCK // 2 :] << 4)).reshape(out_features, in_features // 2)
     return Int4Weight(packed.contiguous(), scales.half(), mins.half())
 
 
 def quantize_model_(model: nn.Module, method: str) -> int:
-    """Quantize (``int8`` or ``int4``) every layer that can compute from a quantized weight; returns how many.
+    """Quantize (``int8`` or ``int4``) every layer that can compute from a quantized
+    weight and whose input size is a multiple of 32; returns how many.
 
-    int8 on CPU runs our C++ kernel, which prefetches weight rows ahead (faster than
-    torch's ``_weight_int8pack_mm``: docs/benchmarks.md); torch's kernel is the fallback. int4 needs
-    the C++ kernels. Under int4, layers marked ``keeps_int8`` (the LM head: llama.cpp's
-    Q4 files keep it at 8 bits too) and those whose input size is not a multiple
-    of 32 get int8."""
-    if method == "int4":
-        cpu_kernels.load()
-    matmul = cpu_kernels.int8_linear if cpu_kernels.loaded() else torch._weight_int8pack_mm
-    layers = [module for module in model.modules() if hasattr(module, "quantized")]
-    for layer in layers:
-        weight = layer.weight.data
-        if method == "int4" and not getattr(layer, "keeps_int8", False) and weight.shape[1] % INT4_GROUP == 0:
-            layer.quantized = quantize_int4_(weight)
-        else:
-            layer.quantized = quantize_int8_(weight, matmul)
-    return len(layers)
+    A layer drops its full-precision weight unless another module shares it (an LM
+    head tied to the embeddings, which still look rows up in it). Under int4,
+    layers marked ``keeps_int8`` get int8 (the LM head: llama.cpp's Q4 files keep
+    it at 8 bits or more too)."""
+    cpu_kernels.load()
+    shared = {id(p) for m in model.modules() for p in m.parameters(recurse=False) if not hasattr(m, "quantized")}
+    quantized = 0
+    for layer in [module for module in model.modules() if hasattr(module, "quantized")]:
+        weight = layer.weight
+        if weight.shape[1] % BLOCK:
+            continue
+        int4 = method == "int4" and not getattr(layer, "keeps_int8", False)
+        layer.quantized = quantize_int4(weight.data) if int4 else quantize_int8(weight.data)
+        if id(weight) not in shared:
+            layer.weight = nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
+        quantized += 1
+    return quantized

@@ -65,6 +65,23 @@ def gguf_config_extras(path: Path) -> dict:
     return {}
 
 
+# what the CPU computes a linear weight of each GGUF type as (--quantization auto):
+# 2-4 bits as int4, 5-8 bits as int8; float types stay in the model's dtype
+INT4_TYPES = {"Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS"}
+INT8_TYPES = {"Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "Q8_K"}
+
+
+def gguf_quantization(path: Path) -> str:
+    """``int4``, ``int8`` or ``none``: what most of the file's layer weights are quantized
+    to (by element count), which ``--quantization auto`` runs them as."""
+    counts = {"int4": 0, "int8": 0, "none": 0}
+    for tensor in GGUFReader(path).tensors:
+        if tensor.name.startswith("blk.") and tensor.name.endswith(".weight") and len(tensor.shape) == 2:
+            kind = tensor.tensor_type.name
+            counts["int4" if kind in INT4_TYPES else "int8" if kind in INT8_TYPES else "none"] += int(tensor.n_elements)
+    return max(counts, key=counts.get)
+
+
 def gguf_weights(path: Path, config) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
     """The number of tensors, and an iterator over them."""
     reader = GGUFReader(path)

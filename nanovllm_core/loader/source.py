@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from nanovllm_core.loader.gguf_weights import gguf_config_extras
+from nanovllm_core.loader.gguf_weights import gguf_config_extras, gguf_quantization
 from nanovllm_core.loader.sentence_transformers import read_pooler_config
 from nanovllm_core.pooling import PoolerConfig
 
@@ -61,6 +61,10 @@ class ModelSource:
     def load_pooler_config(self) -> PoolerConfig | None:
         """How the checkpoint's sentence-transformers files say to pool; None if they do not."""
         return None if self.is_gguf else read_pooler_config(self.path)
+
+    def quantization(self) -> str:
+        """What the file's own layer weights are quantized to: int4, int8 or none (safetensors: none)."""
+        return gguf_quantization(self.path) if self.is_gguf else "none"
 
     def load_tokenizer(self, tokenizer_path: str | None = None) -> PreTrainedTokenizerBase:
         if tokenizer_path:
