@@ -15,6 +15,7 @@ off (pure PyTorch everywhere).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -36,6 +37,17 @@ def cpu_fingerprint() -> str:
     except OSError:
         lines = [platform.processor()]
     return hashlib.sha256("\n".join(lines + [platform.machine()]).encode()).hexdigest()[:12]
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), which makes
+    bf16 matmuls fast; elsewhere they are emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 _outcome: RuntimeError | bool | None = None  # None: not tried yet; a failure is kept, not retried
@@ -129,6 +141,16 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, min
     """
     load()
     return torch.ops.nanovllm_cpu.int4_linear(x, packed, scales, mins, _path_number(path))
+
+
+def int8_dequantize(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The weights of ``int8_linear`` as bfloat16 [out, in]."""
+    return torch.ops.nanovllm_cpu.int8_dequantize(values, scales)
+
+
+def int4_dequantize(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """The weights of ``int4_linear`` as bfloat16 [out, in]."""
+    return torch.ops.nanovllm_cpu.int4_dequantize(packed, scales, mins)
 
 
 def rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,

@@ -10,7 +10,14 @@ from torch import nn
 from conftest import CHAT_MESSAGES, chat_prompt
 from nanovllm_core import LLM, SamplingParams, cpu_kernels
 from nanovllm_core.layers.linear import ReplicatedLinear, linear
-from nanovllm_core.layers.quantization import Int4Weight, Int8Weight, quantize_int4, quantize_int8, quantize_model_
+from nanovllm_core.layers.quantization import (
+    BF16_MATMUL_MIN_ROWS,
+    Int4Weight,
+    Int8Weight,
+    quantize_int4,
+    quantize_int8,
+    quantize_model_,
+)
 from nanovllm_core.loader.gguf_weights import gguf_quantization
 
 PATHS = cpu_kernels.quantized_linear_paths()  # every path this machine can run, the portable one included
@@ -77,11 +84,27 @@ def test_kernel_path_against_float64(shape, quantize, dtype, path):
     assert ours.dtype == dtype and ours.shape == (rows, out_features)
     # the only difference from the exact product of the rounded operands is float32 accumulation (and the output dtype)
     expected = rounded_input(x) @ exact_weight(quantized).T
-    tolerance = 1e-5 if dtype == torch.float32 else 8e-3
+    # (int4: the minimums' term and the dot products cancel, in float32, to a tenth of their size)
+    tolerance = 1e-4 if dtype == torch.float32 else 8e-3
     torch.testing.assert_close(ours.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
     # and rounding the input to int8 stays close to the unrounded product
     unrounded = x.double() @ exact_weight(quantized).T
     assert (ours.double() - unrounded).abs().max() <= 0.02 * unrounded.abs().max()
+
+
+@pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4], ids=["int8", "int4"])
+def test_dequantized_bf16_weights_and_the_batches_that_use_them(quantize, monkeypatch):
+    quantized = quantize(torch.randn(40, 96))
+    expected = exact_weight(quantized).to(torch.bfloat16)
+    ours = (cpu_kernels.int8_dequantize(quantized.values, quantized.scales) if isinstance(quantized, Int8Weight)
+            else cpu_kernels.int4_dequantize(quantized.packed, quantized.scales, quantized.mins))
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, expected)
+    monkeypatch.setattr(cpu_kernels, "cpu_has_bf16", lambda: True)  # the rule, on any CPU
+    many = torch.randn(BF16_MATMUL_MIN_ROWS, 96)
+    torch.testing.assert_close(quantized(many.bfloat16()), F.linear(many.bfloat16(), expected))  # bf16 weights
+    torch.testing.assert_close(quantized(many), run_path(quantized, many, PATHS[0]))  # float32: integer kernel
+    few = many[: BF16_MATMUL_MIN_ROWS - 1].bfloat16()
+    torch.testing.assert_close(quantized(few), run_path(quantized, few, PATHS[0]))
 
 
 @pytest.mark.parametrize("rows", [1, 5, 64])

@@ -11,6 +11,8 @@ std::vector<int64_t> quantized_linear_paths();
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales, int64_t path);
 at::Tensor int4_linear(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales,
                        const at::Tensor& mins, int64_t path);
+at::Tensor int8_dequantize(const at::Tensor& values, const at::Tensor& scales);
+at::Tensor int4_dequantize(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins);
 std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& input, const c10::optional<at::Tensor>& residual,
                                             const at::Tensor& weight, double eps);
 at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin);
@@ -23,6 +25,8 @@ TORCH_LIBRARY(nanovllm_cpu, m) {
   m.def("quantized_linear_paths() -> int[]", &nanovllm::quantized_linear_paths);
   m.def("int8_linear(Tensor input, Tensor values, Tensor scales, int path) -> Tensor");
   m.def("int4_linear(Tensor input, Tensor packed, Tensor scales, Tensor mins, int path) -> Tensor");
+  m.def("int8_dequantize(Tensor values, Tensor scales) -> Tensor");
+  m.def("int4_dequantize(Tensor packed, Tensor scales, Tensor mins) -> Tensor");
   m.def("rms_norm(Tensor input, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("rotary_embedding(Tensor x, Tensor positions, Tensor cos, Tensor sin) -> Tensor");
   m.def("silu_and_mul(Tensor input) -> Tensor");
@@ -32,6 +36,8 @@ TORCH_LIBRARY_IMPL(nanovllm_cpu, CPU, m) {
   m.impl("paged_decode_attention", &nanovllm::paged_decode_attention);
   m.impl("int8_linear", &nanovllm::int8_linear);
   m.impl("int4_linear", &nanovllm::int4_linear);
+  m.impl("int8_dequantize", &nanovllm::int8_dequantize);
+  m.impl("int4_dequantize", &nanovllm::int4_dequantize);
   m.impl("rms_norm", &nanovllm::rms_norm);
   m.impl("rotary_embedding", &nanovllm::rotary_embedding);
   m.impl("silu_and_mul", &nanovllm::silu_and_mul);

@@ -356,11 +356,74 @@ at::Tensor run(const Format& w, const at::Tensor& input, int64_t out_features, P
   return out;
 }
 
+// float32 to bfloat16, rounding to nearest even (the weights are finite): plain
+// integer arithmetic, which the compiler vectorizes.
+inline uint16_t bf16_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+// A block of 32 weights as floats, in input order.
+inline void dequantize_block(const Int8Format& w, int64_t n, int64_t b, float* out) {
+  const int8_t* q = w.values + n * w.in + b * kBlock;
+  const float d = w.scale(n, b);
+  for (int64_t i = 0; i < kBlock; ++i) out[i] = static_cast<float>(q[i]) * d;
+}
+inline void dequantize_block(const Int4Format& w, int64_t n, int64_t b, float* out) {
+  const uint8_t* bytes = w.packed + n * (w.in / 2) + b * kBlock / 2;
+  const float d = w.scale(n, b), m = to_float(w.mins[n * (w.in / kBlock) + b]);
+  for (int64_t i = 0; i < kBlock / 2; ++i) {
+    out[i] = static_cast<float>(bytes[i] & 0x0F) * d + m;
+    out[i + kBlock / 2] = static_cast<float>(bytes[i] >> 4) * d + m;
+  }
+}
+
+// The weights as bfloat16 [out, in], for a batch large enough that the CPU's bf16
+// matmul beats the integer kernel even after this pass (quantization.py).
+template <typename Format>
+at::Tensor dequantize_bf16(const Format& w, int64_t out_features) {
+  at::Tensor out = at::empty({out_features, w.in}, at::kBFloat16);
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, out_features, 16, [&](int64_t first, int64_t last) {
+    float values[kBlock];
+    for (int64_t n = first; n < last; ++n)
+      for (int64_t b = 0; b < w.in / kBlock; ++b) {
+        dequantize_block(w, n, b, values);
+        for (int64_t i = 0; i < kBlock; ++i) o[n * w.in + b * kBlock + i] = bf16_bits(values[i]);
+      }
+  });
+  return out;
+}
+
 Path checked_path(int64_t path) {
   const std::vector<int64_t> paths = quantized_linear_paths();
   TORCH_CHECK(std::find(paths.begin(), paths.end(), path) != paths.end(),
               "quantized linear: kernel path ", path, " is not in this build");
   return static_cast<Path>(path);
+}
+
+Int8Format int8_format(const at::Tensor& values, const at::Tensor& scales) {
+  const int64_t out_features = values.size(0), in = values.size(1);
+  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kChar && values.is_contiguous() && in % kBlock == 0,
+              "int8 weights: int8 values [out, in], in a multiple of 32");
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.numel() == out_features * (in / kBlock),
+              "int8 weights: float16 scales [out, in / 32]");
+  return Int8Format{values.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), in};
+}
+
+Int4Format int4_format(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins) {
+  const int64_t out_features = packed.size(0), in = packed.size(1) * 2;
+  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous() && in % kBlock == 0,
+              "int4 weights: uint8 packed [out, in / 2], in a multiple of 32");
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && mins.scalar_type() == at::kHalf && scales.is_contiguous() &&
+              mins.is_contiguous() && scales.numel() == out_features * (in / kBlock) && mins.numel() == scales.numel(),
+              "int4 weights: float16 scales and mins [out, in / 32]");
+  return Int4Format{packed.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), mins.data_ptr<at::Half>(), in};
+}
+
+void check_input(const at::Tensor& input, int64_t in) {
+  TORCH_CHECK(input.dim() == 2 && input.size(1) == in, "quantized linear: input [rows, ", in, "]");
 }
 
 }  // namespace
@@ -381,27 +444,24 @@ std::vector<int64_t> quantized_linear_paths() {
 }
 
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales, int64_t path) {
-  const int64_t in = input.size(1), out_features = values.size(0);
-  TORCH_CHECK(input.dim() == 2 && values.dim() == 2 && values.size(1) == in && in % kBlock == 0,
-              "int8_linear: input [rows, in] with in a multiple of 32, values [out, in]");
-  TORCH_CHECK(values.scalar_type() == at::kChar && values.is_contiguous(), "int8_linear: values must be int8");
-  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.numel() == out_features * (in / kBlock),
-              "int8_linear: float16 scales [out, in / 32]");
-  return run(Int8Format{values.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), in}, input, out_features,
-             checked_path(path));
+  const Int8Format w = int8_format(values, scales);
+  check_input(input, w.in);
+  return run(w, input, values.size(0), checked_path(path));
 }
 
 at::Tensor int4_linear(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales,
                        const at::Tensor& mins, int64_t path) {
-  const int64_t in = input.size(1), out_features = packed.size(0);
-  TORCH_CHECK(input.dim() == 2 && packed.dim() == 2 && in % kBlock == 0 && packed.size(1) * 2 == in,
-              "int4_linear: input [rows, in] with in a multiple of 32, packed [out, in / 2]");
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "int4_linear: packed must be uint8");
-  TORCH_CHECK(scales.scalar_type() == at::kHalf && mins.scalar_type() == at::kHalf && scales.is_contiguous() &&
-              mins.is_contiguous() && scales.numel() == out_features * (in / kBlock) && mins.numel() == scales.numel(),
-              "int4_linear: float16 scales and mins [out, in / 32]");
-  return run(Int4Format{packed.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), mins.data_ptr<at::Half>(), in},
-             input, out_features, checked_path(path));
+  const Int4Format w = int4_format(packed, scales, mins);
+  check_input(input, w.in);
+  return run(w, input, packed.size(0), checked_path(path));
+}
+
+at::Tensor int8_dequantize(const at::Tensor& values, const at::Tensor& scales) {
+  return dequantize_bf16(int8_format(values, scales), values.size(0));
+}
+
+at::Tensor int4_dequantize(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins) {
+  return dequantize_bf16(int4_format(packed, scales, mins), packed.size(0));
 }
 
 }  // namespace nanovllm

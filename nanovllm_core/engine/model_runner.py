@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -62,20 +61,12 @@ def load_cpu_kernels() -> None:
         logger.warning("running the CPU path in plain PyTorch, which is slower: %s", error)
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return torch.bfloat16 if cpu_kernels.cpu_has_bf16() else torch.float32
 
 
 def select_attention_backend(name: str, device: torch.device) -> type[AttentionBackend]:

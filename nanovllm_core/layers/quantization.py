@@ -5,14 +5,32 @@ no full-precision copy of its weight."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nanovllm_core import cpu_kernels
 
 BLOCK = 32  # weights per scale (and minimum), along the input
+# From this many rows of bf16 activations on, on a CPU with native bf16 matmuls, a layer's
+# weights turned back into bf16 for the call and multiplied by oneDNN beat the integer
+# kernel, that pass included (measured over SmolLM2's projections: docs/benchmarks.md)
+BF16_MATMUL_MIN_ROWS = 64
+# Larger temporaries are mapped afresh by malloc on every call (glibc's largest mmap
+# threshold), and their page faults cost more than the matmul gains: an LM head stays integer.
+BF16_MATMUL_MAX_BYTES = 32 << 20
+
+
+def bf16_matmul(x: torch.Tensor, weights: int, weight_bf16: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    """``x @ w.T`` through a bf16 copy of the ``weights`` weights made for this call, where
+    that is faster; None where the integer kernel is (float32 activations always take it)."""
+    if (x.dtype != torch.bfloat16 or x.shape[0] < BF16_MATMUL_MIN_ROWS or 2 * weights > BF16_MATMUL_MAX_BYTES
+            or not cpu_kernels.cpu_has_bf16()):
+        return None
+    return F.linear(x, weight_bf16())
 
 
 @dataclass
@@ -23,7 +41,8 @@ class Int8Weight:
     scales: torch.Tensor  # float16, [out, in / 32]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return cpu_kernels.int8_linear(x, self.values, self.scales)
+        out = bf16_matmul(x, self.values.numel(), lambda: cpu_kernels.int8_dequantize(self.values, self.scales))
+        return out if out is not None else cpu_kernels.int8_linear(x, self.values, self.scales)
 
     def dequantize(self) -> torch.Tensor:
         out_features, in_features = self.values.shape
@@ -40,7 +59,9 @@ class Int4Weight:
     mins: torch.Tensor  # float16, [out, in / 32]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return cpu_kernels.int4_linear(x, self.packed, self.scales, self.mins)
+        out = bf16_matmul(x, 2 * self.packed.numel(),
+                          lambda: cpu_kernels.int4_dequantize(self.packed, self.scales, self.mins))
+        return out if out is not None else cpu_kernels.int4_linear(x, self.packed, self.scales, self.mins)
 
     def dequantize(self) -> torch.Tensor:
         out_features = self.packed.shape[0]
