@@ -25,6 +25,7 @@ from nanovllm_core.loader.source import default_model_path
 
 HERE = Path(__file__).parent
 PEER_SCRIPT = HERE / "peers" / "llama_server.sh"
+SLOT_CONTEXT = 512  # tokens of context per slot, as peers/llama_server.sh gives llama-server (-c slots x 512)
 
 
 def free_port() -> int:
@@ -78,7 +79,11 @@ def measure(name: str, command: list[str], port: int, args) -> dict:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -116,8 +121,10 @@ def main() -> None:
     llama_server = subprocess.run(["bash", str(PEER_SCRIPT), "build"], check=True, capture_output=True, text=True).stdout.strip()
 
     port = free_port()
+    # the same KV capacity as the peer's: SLOT_CONTEXT tokens for each of --slots sequences
     nanovllm = [sys.executable, "-m", "nanovllm_api", "--model", args.gguf, "--port", str(port),
-                "--max-num-seqs", str(args.slots), "--log-level", "warning", *args.nanovllm_args.split()]
+                "--max-num-seqs", str(args.slots), "--max-model-len", str(SLOT_CONTEXT), "--log-level", "warning",
+                *args.nanovllm_args.split()]
     results = [measure("nanovllm", nanovllm, port, args)]
     port = free_port()
     results.append(measure("llama-server", ["bash", str(PEER_SCRIPT), "serve", args.gguf, str(port), str(args.slots)],
