@@ -6,14 +6,21 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
 namespace nanovllm {
 
 inline float to_float(float x) { return x; }
-inline float to_float(at::Half x) { return static_cast<float>(x); }
+inline float to_float(at::Half x) {
+#if defined(__F16C__)
+  // one instruction; at::Half's own conversion is a dozen integer ops outside ATen's vectorized files
+  return _cvtsh_ss(x.x);
+#else
+  return static_cast<float>(x);
+#endif
+}
 inline float to_float(at::BFloat16 x) {
   // bfloat16 is the top half of a float32: a shift the compiler vectorizes
   uint32_t bits = static_cast<uint32_t>(x.x) << 16;
