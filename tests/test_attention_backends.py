@@ -185,8 +185,8 @@ def test_cpu_kernel_matches_float32_attention_in_half_precision(dtype):
 
 @CPU_ONLY
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_kernel_portable_loops_match_its_avx512_code(dtype):
-    """Both code paths of the kernel, called directly: on an AVX-512 CPU the default one is the intrinsics."""
+def test_cpu_kernel_portable_loops_match_its_vector_code(dtype):
+    """Both code paths of the kernel, called directly: on an AVX-512 or AVX2 CPU the default one is the intrinsics."""
     batch = CPU_DECODE_BATCHES[-2]
     case = make_case(batch, dtype)
     backend = TorchAttentionBackend(batch.heads, batch.kv_heads, batch.head_dim, batch.block_size)

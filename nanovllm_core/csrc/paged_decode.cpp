@@ -45,38 +45,39 @@ struct GenericBlock {
   }
 };
 
-#if defined(__AVX512F__)
-template <typename T, int CHUNKS>
-struct Avx512Block {
-  explicit Avx512Block(int64_t) {}
+// One block's rows scored against a query group with V's vectors held in
+// registers: head_dim = V::kWidth * CHUNKS floats, converted from T as loaded.
+template <typename T, typename V, int CHUNKS>
+struct VectorBlock {
+  explicit VectorBlock(int64_t) {}
 
   void score(const T* rows, int64_t n, const float* queries, int64_t group, int64_t, float* scores, int64_t stride) {
+    constexpr int64_t kDim = V::kWidth * CHUNKS;
     for (int64_t r = 0; r < n; ++r) {
-      __m512 key[CHUNKS];
-      for (int c = 0; c < CHUNKS; ++c) key[c] = load16(rows + r * 16 * CHUNKS + 16 * c);
+      typename V::Reg key[CHUNKS];
+      for (int c = 0; c < CHUNKS; ++c) key[c] = V::load(rows + r * kDim + V::kWidth * c);
       for (int64_t g = 0; g < group; ++g) {
-        const float* query = queries + g * 16 * CHUNKS;
-        __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(query), key[0]);
-        for (int c = 1; c < CHUNKS; ++c) sum = _mm512_fmadd_ps(_mm512_loadu_ps(query + 16 * c), key[c], sum);
-        scores[g * stride + r] = _mm512_reduce_add_ps(sum);
+        const float* query = queries + g * kDim;
+        typename V::Reg sum = V::mul(V::load(query), key[0]);
+        for (int c = 1; c < CHUNKS; ++c) sum = V::fmadd(V::load(query + V::kWidth * c), key[c], sum);
+        scores[g * stride + r] = V::sum(sum);
       }
     }
   }
 
   void accumulate(const T* rows, int64_t n, const float* probs, int64_t group, int64_t, float* acc, int64_t stride) {
+    constexpr int64_t kDim = V::kWidth * CHUNKS;
     for (int64_t r = 0; r < n; ++r) {
-      __m512 value[CHUNKS];
-      for (int c = 0; c < CHUNKS; ++c) value[c] = load16(rows + r * 16 * CHUNKS + 16 * c);
+      typename V::Reg value[CHUNKS];
+      for (int c = 0; c < CHUNKS; ++c) value[c] = V::load(rows + r * kDim + V::kWidth * c);
       for (int64_t g = 0; g < group; ++g) {
-        const __m512 p = _mm512_set1_ps(probs[g * stride + r]);
-        float* a = acc + g * 16 * CHUNKS;
-        for (int c = 0; c < CHUNKS; ++c)
-          _mm512_storeu_ps(a + 16 * c, _mm512_fmadd_ps(p, value[c], _mm512_loadu_ps(a + 16 * c)));
+        const typename V::Reg p = V::broadcast(probs[g * stride + r]);
+        float* a = acc + g * kDim;
+        for (int c = 0; c < CHUNKS; ++c) V::store(a + V::kWidth * c, V::fmadd(p, value[c], V::load(a + V::kWidth * c)));
       }
     }
   }
 };
-#endif
 
 // Softmax of each of the group's score rows in place; returns nothing but the
 // rows' 1/sum, applied to the output at the end instead of to every score.
@@ -156,13 +157,19 @@ template <typename T>
 void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale,
                        bool generic_only) {
+  // a row of K or V in registers (AVX2's 16 hold a 64-wide row and the operands; wider rows spill)
 #if defined(__AVX512F__)
+  using V = Avx512Floats;
+#elif defined(__AVX2__) && defined(__F16C__)
+  using V = Avx2Floats;
+#endif
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
   if (!generic_only) {
-    switch (query.size(2)) {
-      case 32: return decode<T, Avx512Block<T, 2>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
-      case 64: return decode<T, Avx512Block<T, 4>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
-      case 128: return decode<T, Avx512Block<T, 8>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
-      case 256: return decode<T, Avx512Block<T, 16>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+    switch (query.size(2) % V::kWidth ? 0 : query.size(2) / V::kWidth) {
+      case 2: return decode<T, VectorBlock<T, V, 2>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+      case 4: return decode<T, VectorBlock<T, V, 4>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+      case 8: return decode<T, VectorBlock<T, V, 8>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+      case 16: return decode<T, VectorBlock<T, V, 16>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
       default: break;
     }
   }

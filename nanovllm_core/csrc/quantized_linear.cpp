@@ -46,13 +46,6 @@ constexpr int64_t kPrefetchTiles = 8;  // how far ahead a thread asks for the ne
 // The kernel paths, best first; a build has those its compiler flags allow.
 enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2, kNeonDot = 3 };
 
-#if defined(__AVX2__)
-inline float horizontal_sum(__m256 v) {
-  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
-  return _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)));
-}
-#endif
 
 // The input rows rounded to int8 per block of 32: x ~ q * scale; sums = scale * sum(q) per block.
 struct QuantizedRows {
@@ -131,7 +124,7 @@ float min_term(const Format& w, const QuantizedRows& x, int64_t row, int64_t n) 
     const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + b)));
     acc = _mm256_fmadd_ps(m, _mm256_loadu_ps(sums + b), acc);
   }
-  total = horizontal_sum(acc);
+  total = Avx2Floats::sum(acc);
 #endif
   for (; b < blocks; ++b) total += to_float(mins[b]) * sums[b];
   return total;
@@ -258,7 +251,7 @@ inline void avx2_tile_rows(const Format& w, const QuantizedRows& x, int64_t row,
   for (int o = 0; o < kOuts; ++o)
     for (int r = 0; r < ROWS; ++r)
       out[(row + r) * out_features + n + o] =
-          static_cast<T>(horizontal_sum(acc[o][r]) + min_term(w, x, row + r, n + o));
+          static_cast<T>(Avx2Floats::sum(acc[o][r]) + min_term(w, x, row + r, n + o));
 }
 
 // Input rows per tile, measured: on AVX2 (16 vector registers) 3 x 4 accumulators
