@@ -116,9 +116,14 @@ def quantized_linear_paths() -> list[str]:
     return [QUANTIZED_LINEAR_PATHS[number] for number in torch.ops.nanovllm_cpu.quantized_linear_paths()]
 
 
+@functools.cache
+def _best_path_number() -> int:
+    return torch.ops.nanovllm_cpu.quantized_linear_paths()[0]
+
+
 def _path_number(path: str | None) -> int:
-    if path is None:
-        return torch.ops.nanovllm_cpu.quantized_linear_paths()[0]
+    if path is None:  # every linear of every step asks: once is enough
+        return _best_path_number()
     return next(number for number, name in QUANTIZED_LINEAR_PATHS.items() if name == path)
 
 
