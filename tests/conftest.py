@@ -43,9 +43,9 @@ def smollm2_llm(smollm2_path):
 @pytest.fixture(scope="session")
 def structured_server(tmp_path_factory):
     """The server the structured-output and tool-calling tests share."""
-    from server_process import serve
+    from server_process import FLOAT32_UNQUANTIZED, serve
 
-    yield from serve(tmp_path_factory, "structured", "--dtype", "float32", "--max-num-seqs", "16")
+    yield from serve(tmp_path_factory, "structured", *FLOAT32_UNQUANTIZED, "--max-num-seqs", "16")
 
 
 def chat_prompt(tokenizer, message: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from server_process import assert_openai_error, metric, serve
+from server_process import FLOAT32_UNQUANTIZED, assert_openai_error, metric, serve
 
 MODEL = "SmolLM2-135M-Instruct"
 HUNG_S = 120  # long enough to mean "hung", not "slow"
@@ -22,7 +22,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "server", "--dtype", "float32", "--max-num-seqs", "32",
+    yield from serve(tmp_path_factory, "server", *FLOAT32_UNQUANTIZED, "--max-num-seqs", "32",
                      "--client-read-timeout", str(READ_TIMEOUT_S))
 
 

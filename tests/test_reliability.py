@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from faulty_server import INJECTED_MESSAGE
-from server_process import ServerProcess, assert_openai_error, metric, serve
+from server_process import FLOAT32_UNQUANTIZED, ServerProcess, assert_openai_error, metric, serve
 
 SOAK_REQUESTS = int(os.environ.get("NANOVLLM_SOAK_REQUESTS", "96"))
 SOAK_CLIENTS = 64
@@ -163,7 +163,7 @@ FLOAT32_BYTES_PER_TOKEN = 2 * 30 * 3 * 64 * 4  # K and V, SmolLM2's 30 layers of
 def small_server(tmp_path_factory):
     kv_gb = (KV_TOKENS + 8) * FLOAT32_BYTES_PER_TOKEN / 1024**3
     # max_model_len is left at its default: the server caps it to the 512 tokens the cache holds
-    yield from serve(tmp_path_factory, "small", "--dtype", "float32", "--max-num-seqs", "4", "--max-queued-sequences", "4",
+    yield from serve(tmp_path_factory, "small", *FLOAT32_UNQUANTIZED, "--max-num-seqs", "4", "--max-queued-sequences", "4",
                      "--kv-cache-memory-gb", f"{kv_gb:.6f}")
 
 

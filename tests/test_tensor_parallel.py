@@ -54,7 +54,8 @@ def test_smollm2_tp3_matches_tp1(smollm2_llm, smollm2_path, smollm2_tokenizer):
     prompts = [chat_prompt(smollm2_tokenizer, m) for m in CHAT_MESSAGES[:4]]
     params = SamplingParams(temperature=0, max_tokens=24)
     expected = [r["token_ids"] for r in smollm2_llm.generate(prompts, params, use_tqdm=False)]
-    with LLM(str(smollm2_path), dtype="float32", tensor_parallel_size=3) as llm:
+    # unquantized, as smollm2_llm
+    with LLM(str(smollm2_path), dtype="float32", quantization="none", tensor_parallel_size=3) as llm:
         assert [r["token_ids"] for r in llm.generate(prompts, params, use_tqdm=False)] == expected
     assert no_worker_left()
 
