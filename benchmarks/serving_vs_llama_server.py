@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 import serving
 from nanovllm_core.loader.source import default_model_path
@@ -49,10 +50,14 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300) -> N
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+    """The peak resident memory (VmHWM) of a process and of every process under it (a
+    server's engine replicas), summed."""
+    total = 0.0
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def measure(name: str, command: list[str], port: int, args) -> dict:

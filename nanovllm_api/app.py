@@ -35,7 +35,8 @@ from nanovllm_api.protocol import (
 )
 from nanovllm_api.serving_context import ServingContext
 from nanovllm_core import __version__, plugins
-from nanovllm_core.engine.async_llm import AsyncLLM
+from nanovllm_core.engine.async_llm import AsyncLLM, ClientLimits
+from nanovllm_core.engine.data_parallel import DataParallelClient
 from nanovllm_core.engine_client import EngineClient, EngineState
 from nanovllm_core.loader import resolve_model
 
@@ -79,8 +80,12 @@ class BodySizeLimit:
 
 
 def build_engine_client(config: ServerConfig) -> EngineClient:
-    """The one place the server picks its engine: in-process, on a thread."""
-    return AsyncLLM(config, config.max_queued_sequences, config.client_read_timeout, config.grammar_compile_timeout)
+    """The one place the server picks its engine: on a thread of this process, or
+    data-parallel replicas, each in a process of its own."""
+    limits = ClientLimits(config.max_queued_sequences, config.client_read_timeout, config.grammar_compile_timeout)
+    if config.data_parallel_size > 1:
+        return DataParallelClient(config, config.data_parallel_size, config.threads_per_replica, limits)
+    return AsyncLLM(config, limits)
 
 
 def build_app(config: ServerConfig) -> FastAPI:
@@ -140,7 +145,12 @@ def build_app(config: ServerConfig) -> FastAPI:
     @app.get("/health", tags=["monitoring"])
     async def health() -> Response:
         if engine.state is EngineState.READY:
-            return JSONResponse({"status": "ok"})
+            replicas = engine.replica_statuses()
+            serving = sum(replica.state is EngineState.READY for replica in replicas)
+            if serving == len(replicas):
+                return JSONResponse({"status": "ok"})
+            # still serving, on fewer replicas: ready for traffic, and says so
+            return JSONResponse({"status": "degraded", "replicas_serving": serving, "replicas": len(replicas)})
         return JSONResponse(error_body(f"engine {engine.state.value}", "service_unavailable_error"), status_code=503)
 
     @app.get("/version", tags=["monitoring"])

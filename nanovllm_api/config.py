@@ -39,6 +39,16 @@ class ServerConfig(EngineConfig):
         "the thinking goes to message.reasoning_content, tool calls and response_format apply to the answer. "
         "Default: none, all output is content."
     )
+    data_parallel_size: int = Field(
+        1, ge=1, description="Engine replicas behind this server, each in a process of its own with its own KV "
+        "cache and its own cores (on CPU) or its own tensor_parallel_size GPUs. A request goes to the replica that "
+        "has its prompt's prefix cached unless that one is overloaded, else to the least loaded. 1: the engine runs "
+        "on a thread of the server's process."
+    )
+    threads_per_replica: int | None = Field(
+        None, ge=1, description="CPU threads of each data-parallel replica, each pinned to its own cores "
+        "(NUMA node by node); default: the usable cores split evenly."
+    )
     api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1/* (also NANOVLLM_API_KEY).")
     max_queued_sequences: int = Field(
         256, ge=0, description="Sequences that may wait beyond max_num_seqs; more are refused with 429."

@@ -2,31 +2,48 @@
 
 from __future__ import annotations
 
-import functools
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
-from nanovllm_core.engine_client import EngineClient
+from nanovllm_core.engine_client import EngineClient, EngineState
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# the scheduler's state, one series per engine replica (label `replica`): name -> (help, EngineStats field)
+ENGINE_GAUGES = {
+    "nanovllm_num_requests_running": ("Sequences in the running batch.", "num_running"),
+    "nanovllm_num_requests_waiting": ("Sequences waiting for a slot.", "num_waiting"),
+    "nanovllm_kv_cache_usage_ratio": ("Share of KV-cache blocks in use.", "kv_cache_usage"),
+    "nanovllm_prefix_cache_hit_rate": ("Prompt tokens found in the prefix cache / looked up.", "prefix_cache_hit_rate"),
+    "nanovllm_num_preemptions": ("Sequences preempted so far.", "num_preemptions"),
+}
+
+
+class EngineStateCollector:
+    """The engine's gauges, read from each replica when scraped (0 while one loads or after it died)."""
+
+    def __init__(self, engine: EngineClient):
+        self.engine = engine
+
+    def collect(self):
+        replicas = self.engine.replica_statuses()
+        for name, (description, field) in ENGINE_GAUGES.items():
+            family = GaugeMetricFamily(name, description, labels=["replica"])
+            for index, replica in enumerate(replicas):
+                family.add_metric([str(index)], float(getattr(replica.stats, field)) if replica.stats else 0.0)
+            yield family
+        serving = GaugeMetricFamily("nanovllm_replicas_serving", "Engine replicas that serve requests.")
+        serving.add_metric([], sum(replica.state is EngineState.READY for replica in replicas))
+        yield serving
 
 
 class Metrics:
     def __init__(self, engine: EngineClient):
         self.engine = engine
         self.registry = CollectorRegistry()
-        gauges = {
-            "nanovllm_num_requests_running": ("Sequences in the running batch.", "num_running"),
-            "nanovllm_num_requests_waiting": ("Sequences waiting for a slot.", "num_waiting"),
-            "nanovllm_kv_cache_usage_ratio": ("Share of KV-cache blocks in use.", "kv_cache_usage"),
-            "nanovllm_prefix_cache_hit_rate": ("Prompt tokens found in the prefix cache / looked up.",
-                                               "prefix_cache_hit_rate"),
-            "nanovllm_num_preemptions": ("Sequences preempted so far.", "num_preemptions"),
-        }
-        for name, (description, stat) in gauges.items():
-            Gauge(name, description, registry=self.registry).set_function(functools.partial(self._stat, stat))
+        self.registry.register(EngineStateCollector(engine))
         self.prompt_tokens = Counter("nanovllm_prompt_tokens", "Prompt tokens processed.", registry=self.registry)
         self.generation_tokens = Counter("nanovllm_generation_tokens", "Tokens generated.", registry=self.registry)
         self.requests = Counter(
@@ -41,11 +58,6 @@ class Metrics:
         self.e2e = Histogram(
             "nanovllm_e2e_request_latency_seconds", "Arrival to last token.", buckets=LATENCY_BUCKETS, registry=self.registry
         )
-
-    def _stat(self, name: str) -> float:
-        """An ``EngineStats`` field now; 0 while the model loads."""
-        stats = self.engine.stats()
-        return float(getattr(stats, name)) if stats is not None else 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

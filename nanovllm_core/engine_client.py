@@ -61,6 +61,14 @@ class EngineStats:
     num_preemptions: int
 
 
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One engine replica's state, and its scheduler's (None until it reports)."""
+
+    state: EngineState
+    stats: EngineStats | None
+
+
 class GenerationStream(Protocol):
     """(sequence index, output) pairs of one request's sequences, as the engine makes them.
     Closing it, or dropping it, aborts what is unfinished and frees their slots."""
@@ -73,7 +81,8 @@ class GenerationStream(Protocol):
 
 
 class EngineClient(Protocol):
-    """An engine as a server sees it: loading, generating, refusing, failing."""
+    """An engine as a server sees it: loading, generating, refusing, failing. ``state`` is
+    READY while it can serve (with data-parallel replicas: while one of them can)."""
 
     state: EngineState
 
@@ -91,7 +100,10 @@ class EngineClient(Protocol):
         """The loaded model's limits and tokenizer; EngineUnavailable while loading."""
 
     def stats(self) -> EngineStats | None:
-        """The scheduler's state now; None while loading."""
+        """The scheduler's state now (over every replica); None while loading."""
+
+    def replica_statuses(self) -> list[ReplicaStatus]:
+        """Each engine replica's state and stats: one entry for an engine without replicas."""
 
     async def generate(
         self, request_id: str, sequences: list[tuple[list[int], SamplingParams]]

@@ -86,6 +86,27 @@ def metric(server: ServerProcess, name: str, default: float | None = None) -> fl
     raise KeyError(name)
 
 
+def metric_by_label(server: ServerProcess, name: str, label: str) -> dict[str, float]:
+    """A labelled sample's value for each value of ``label``, e.g. each replica's."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return {sample.labels[label]: sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name}
+
+
+def sse_events(lines):
+    for line in lines:
+        if line.startswith("data: "):
+            yield line[len("data: "):]
+
+
+def wait_for(condition, timeout: float = 120) -> None:
+    """Until ``condition()``; failing after ``timeout`` seconds, which mean "hung", not "slow"."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out: hung"
+        time.sleep(0.05)
+
+
 def assert_openai_error(response, status, error_type, param=None, code=None, contains=""):
     assert response.status_code == status, response.text
     error = response.json()["error"]

@@ -18,7 +18,15 @@ import httpx
 import pytest
 
 from faulty_server import INJECTED_MESSAGE
-from server_process import FLOAT32_UNQUANTIZED, ServerProcess, assert_openai_error, metric, serve
+from server_process import (
+    FLOAT32_UNQUANTIZED,
+    ServerProcess,
+    assert_openai_error,
+    metric,
+    serve,
+    sse_events,
+    wait_for,
+)
 
 SOAK_REQUESTS = int(os.environ.get("NANOVLLM_SOAK_REQUESTS", "96"))
 SOAK_CLIENTS = 64
@@ -34,12 +42,6 @@ HERE = os.path.dirname(__file__)
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
-
-
-def sse_events(lines):
-    for line in lines:
-        if line.startswith("data: "):
-            yield line[len("data: "):]
 
 
 def wait_until_idle(server: ServerProcess, timeout: float = HUNG_S) -> None:
@@ -356,10 +358,3 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path):
     long_outcome = outcome["long"]
     assert isinstance(long_outcome, httpx.HTTPError) or long_outcome[-1] != "[DONE]" \
         or "error" in json.loads(long_outcome[-2])
-
-
-def wait_for(condition, timeout: float = HUNG_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out: hung"
-        time.sleep(0.05)

@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.llm_engine import LLMEngine
@@ -29,6 +30,7 @@ from nanovllm_core.engine_client import (
     GrammarCompileTimeout,
     QueueFull,
     ReaderStalled,
+    ReplicaStatus,
 )
 from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GuidedDecoding
@@ -48,27 +50,31 @@ MAX_PENDING_OUTPUTS = 4096
 GRAMMAR_COMPILE_THREADS = 2
 
 
-class AsyncLLM:
-    """An LLMEngine on its own thread, as an ``EngineClient``.
-
-    ``max_queued_sequences``: sequences that may wait beyond max_num_seqs (then QueueFull);
+@dataclass(frozen=True)
+class ClientLimits:
+    """``max_queued_sequences``: sequences that may wait beyond max_num_seqs (then QueueFull);
     ``reader_timeout``: seconds a request's outputs may wait for a reader that is not reading;
     ``grammar_compile_timeout``: seconds a request's constraint may take to compile."""
 
-    def __init__(
-        self, config: EngineConfig, max_queued_sequences: int, reader_timeout: float, grammar_compile_timeout: float
-    ):
+    max_queued_sequences: int
+    reader_timeout: float
+    grammar_compile_timeout: float
+
+
+class AsyncLLM:
+    """An LLMEngine on its own thread, as an ``EngineClient``."""
+
+    def __init__(self, config: EngineConfig, limits: ClientLimits):
         self.config = config
-        self.reader_timeout = reader_timeout
-        self.grammar_compile_timeout = grammar_compile_timeout
+        self.reader_timeout = limits.reader_timeout
+        self.grammar_compile_timeout = limits.grammar_compile_timeout
         self.state = EngineState.LOADING
         # built and stepped by the engine thread; other threads only read its immutable model_info and its
         # counters (stats), and compile through its grammar backend, which is thread-safe
         self._engine: LLMEngine | None = None
-        self.max_sequences = config.max_num_seqs + max_queued_sequences
-        self.num_sequences = 0  # admitted and not finished
+        self.max_sequences = config.max_num_seqs + limits.max_queued_sequences
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._sinks: dict[str, tuple[AsyncStream, int]] = {}
+        self._sinks = StreamSinks(limits.reader_timeout, abort=lambda sub_id: self._commands.put(("abort", sub_id)))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -115,6 +121,9 @@ class AsyncLLM:
             num_preemptions=scheduler.num_preemptions,
         )
 
+    def replica_statuses(self) -> list[ReplicaStatus]:
+        return [ReplicaStatus(self.state, self.stats())]
+
     def _run(self) -> None:
         try:
             self._engine = LLMEngine(self.config)
@@ -130,7 +139,7 @@ class AsyncLLM:
             run_engine_loop(
                 self._engine, self._commands,
                 deliver=lambda outputs: self._loop.call_soon_threadsafe(self._deliver, outputs),
-                refuse=lambda request_id, error: self._loop.call_soon_threadsafe(self._fail, request_id, error),
+                refuse=lambda request_id, error: self._loop.call_soon_threadsafe(self._sinks.fail, request_id, error),
             )
             self.state = EngineState.STOPPED
         except Exception as error:
@@ -139,30 +148,13 @@ class AsyncLLM:
 
     def _die(self, error: BaseException) -> None:
         self.state = EngineState.DEAD
-        self._loop.call_soon_threadsafe(self._fail_all, error)
+        self._loop.call_soon_threadsafe(self._sinks.fail_all, EngineFailed(str(error)))
         self._loop.call_soon_threadsafe(self._on_failure)
 
     # on the event loop
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
-        now = self._loop.time()
-        for output in outputs:
-            sink = self._sinks.get(output.request_id)
-            if sink is None:
-                continue
-            stream, index = sink
-            stream.queue.put_nowait((index, output))
-            if stream.reader_stalled(now, self.reader_timeout):
-                stream.fail(ReaderStalled(f"the client did not read for {self.reader_timeout:g} s"))
-
-    def _fail(self, request_id: str, error: BaseException) -> None:
-        sink = self._sinks.get(request_id)
-        if sink is not None:
-            sink[0].queue.put_nowait((sink[1], error))
-
-    def _fail_all(self, error: BaseException) -> None:
-        for request_id in list(self._sinks):
-            self._fail(request_id, EngineFailed(str(error)))
+        self._sinks.deliver(outputs, self._loop.time())
 
     def check_available(self, num_sequences: int, param: str = "n") -> None:
         """``param``: what the request would change to need fewer sequences. (While the model
@@ -173,7 +165,7 @@ class AsyncLLM:
             raise InvalidRequestError(
                 f"The request needs {num_sequences} sequences (prompts x n, or inputs) but the server holds at most "
                 f"{self.max_sequences} at once (max_num_seqs + max_queued_sequences).", param=param)
-        if self.num_sequences + num_sequences > self.max_sequences:
+        if self._sinks.num_sequences + num_sequences > self.max_sequences:
             raise QueueFull("The server is at capacity; retry shortly.")
 
     async def generate(self, request_id: str, sequences: list[tuple[list[int], SamplingParams]]) -> AsyncStream:
@@ -196,11 +188,9 @@ class AsyncLLM:
         return self._submit(request_id, sequences, None)
 
     def _submit(self, request_id: str, sequences: list[tuple[list[int], object]], grammar: object | None) -> AsyncStream:
-        stream = AsyncStream(self, [f"{request_id}-{index}" for index in range(len(sequences))])
-        for index, (sub_id, (prompt_ids, params)) in enumerate(zip(stream.ids, sequences)):
-            self._sinks[sub_id] = (stream, index)
+        stream = self._sinks.open(request_id, len(sequences))
+        for sub_id, (prompt_ids, params) in zip(stream.ids, sequences):
             self._commands.put(("add", sub_id, prompt_ids, params, grammar))
-        self.num_sequences += len(sequences)
         return stream
 
     async def _compile_grammar(self, guided: GuidedDecoding) -> object:
@@ -215,13 +205,6 @@ class AsyncLLM:
                 param="tools" if guided.kind == "structural_tag" else "response_format",
                 code="grammar_compile_timeout",
             ) from error
-
-    def _release(self, ids: list[str], unfinished: set[str]) -> None:
-        self.num_sequences -= len(ids)
-        for sub_id in ids:
-            self._sinks.pop(sub_id, None)
-        for sub_id in unfinished:
-            self._commands.put(("abort", sub_id))
 
 
 def run_engine_loop(
@@ -267,11 +250,57 @@ def _apply_commands(engine: LLMEngine, commands, refuse: Callable[[str, Exceptio
             return True
 
 
-class AsyncStream:
-    """``AsyncLLM``'s ``GenerationStream``: (sequence index, output) pairs from an asyncio queue."""
+class StreamSinks:
+    """Where each sequence's outputs go, on the event loop: the queue of its request's
+    ``AsyncStream``. ``abort(sequence id)`` tells the engine to drop an unfinished sequence
+    whose stream was closed. Every client of an engine, wherever the engine runs, keeps one."""
 
-    def __init__(self, engine: AsyncLLM, ids: list[str]):
-        self.engine = engine
+    def __init__(self, reader_timeout: float, abort: Callable[[str], None]):
+        self.reader_timeout = reader_timeout
+        self.abort = abort
+        self.num_sequences = 0  # admitted and not finished
+        self._sinks: dict[str, tuple[AsyncStream, int]] = {}
+
+    def open(self, request_id: str, num_sequences: int) -> AsyncStream:
+        """A stream for the sequences ``{request_id}-0`` .. ``-{num_sequences - 1}``."""
+        stream = AsyncStream(self, [f"{request_id}-{index}" for index in range(num_sequences)])
+        for index, sub_id in enumerate(stream.ids):
+            self._sinks[sub_id] = (stream, index)
+        self.num_sequences += num_sequences
+        return stream
+
+    def deliver(self, outputs: list[RequestOutput], now: float) -> None:
+        for output in outputs:
+            sink = self._sinks.get(output.request_id)
+            if sink is None:
+                continue
+            stream, index = sink
+            stream.queue.put_nowait((index, output))
+            if stream.reader_stalled(now, self.reader_timeout):
+                stream.fail(ReaderStalled(f"the client did not read for {self.reader_timeout:g} s"))
+
+    def fail(self, sub_id: str, error: BaseException) -> None:
+        sink = self._sinks.get(sub_id)
+        if sink is not None:
+            sink[0].queue.put_nowait((sink[1], error))
+
+    def fail_all(self, error: BaseException) -> None:
+        for sub_id in list(self._sinks):
+            self.fail(sub_id, error)
+
+    def release(self, ids: list[str], unfinished: set[str]) -> None:
+        self.num_sequences -= len(ids)
+        for sub_id in ids:
+            self._sinks.pop(sub_id, None)
+        for sub_id in unfinished:
+            self.abort(sub_id)
+
+
+class AsyncStream:
+    """A ``GenerationStream``: (sequence index, output) pairs from an asyncio queue."""
+
+    def __init__(self, sinks: StreamSinks, ids: list[str]):
+        self.sinks = sinks
         self.ids = ids
         self.queue: asyncio.Queue = asyncio.Queue()
         self.unfinished = set(ids)
@@ -315,7 +344,7 @@ class AsyncStream:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.engine._release(self.ids, self.unfinished)
+            self.sinks.release(self.ids, self.unfinished)
 
     def __del__(self) -> None:
         self.close()

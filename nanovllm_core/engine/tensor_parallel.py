@@ -65,11 +65,18 @@ def init_process_group(rank: int, world_size: int, device: torch.device) -> None
         torch.cuda.set_device(rank % torch.cuda.device_count())
     else:
         # the ranks share the CPU cores rather than each claiming all of them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world_size))
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
 
 
-def _die_with_parent() -> None:
+def engine_config_json(config: EngineConfig) -> str:
+    """The resolved engine settings, for a process that builds an engine part (not a
+    subclass's settings, nor the config file to read again)."""
+    engine_fields = set(EngineConfig.model_fields) - {"config_file"}
+    return EngineConfig.model_construct(**config.model_dump(include=engine_fields)).model_dump_json()
+
+
+def die_with_parent() -> None:
     """A spawned worker gets SIGKILL when its parent dies, however it dies (Linux)."""
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -78,7 +85,7 @@ def _die_with_parent() -> None:
 
 
 def _worker_process(worker_main: Callable[..., None], *args) -> None:
-    _die_with_parent()
+    die_with_parent()
     worker_main(*args)
 
 
@@ -110,9 +117,7 @@ class WorkerGroup:
     def _spawn(self, config: EngineConfig, worker_main: Callable[..., None]) -> None:
         env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
         os.environ.update(env)
-        # workers get the resolved engine settings only (not a subclass's, nor the file to read again)
-        engine_fields = set(EngineConfig.model_fields) - {"config_file"}
-        config_json = EngineConfig.model_construct(**config.model_dump(include=engine_fields)).model_dump_json()
+        config_json = engine_config_json(config)
         context = mp.get_context("spawn")
         started = []
         for rank in range(1, self.world_size):
