@@ -16,7 +16,16 @@ import pytest
 
 from nanovllm_core.engine.data_parallel import PrefixAffinity, _parse_cpu_list, replica_cpu_sets
 from nanovllm_core.sampling_params import SamplingParams
-from server_process import FLOAT32_UNQUANTIZED, log_text, metric, metric_by_label, serve, sse_events, wait_for
+from server_process import (
+    FLOAT32_UNQUANTIZED,
+    ServerProcess,
+    log_text,
+    metric,
+    metric_by_label,
+    serve,
+    sse_events,
+    wait_for,
+)
 
 HUNG_S = 120
 # raw prompts with no shared KV block, so that routing is by load alone
@@ -119,7 +128,7 @@ def test_a_shared_prefix_goes_where_it_is_cached(server):
 
 def test_a_replica_that_dies_fails_only_its_own_requests(server):
     outcome: dict = {}
-    readers = [threading.Thread(target=stream, args=(server, p, 300, outcome)) for p in PROMPTS]
+    readers = [threading.Thread(target=stream, args=(server, p, 160, outcome)) for p in PROMPTS]
     for reader in readers:
         reader.start()
     running = lambda: metric_by_label(server, "nanovllm_num_requests_running", "replica")  # noqa: E731
@@ -148,3 +157,12 @@ def test_sigterm_drains_the_replicas_and_leaves_no_process(server):
     assert isinstance(outcome[PROMPTS[2]], str) and outcome[PROMPTS[2]]
     psutil.wait_procs(children, timeout=HUNG_S)
     assert not [child.pid for child in children if child.is_running()]
+
+
+def test_a_server_whose_replicas_all_fail_to_load_exits_non_zero(tmp_path):
+    """Regression: the server stopped its replicas on the way out, which overwrote the
+    engine's DEAD with STOPPED, and it exited 0."""
+    # SmolLM2's 9 heads cannot be split in two: each replica fails as it loads
+    server = ServerProcess("--data-parallel-size", "2", "--tensor-parallel-size", "2", log_path=tmp_path / "server.log")
+    assert server.process.wait(timeout=HUNG_S) != 0
+    assert "must divide the number of attention heads" in log_text(server)

@@ -295,6 +295,7 @@ class DataParallelClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_failure: Callable[[], None] = lambda: None
         self._settled = threading.Event()
+        self._stopping = False
 
     # lifecycle
 
@@ -328,7 +329,9 @@ class DataParallelClient:
         return self.state is EngineState.READY
 
     def stop(self) -> None:
-        self.state = EngineState.STOPPED
+        self._stopping = True
+        if self.state is not EngineState.DEAD:  # the server's exit status reads it
+            self.state = EngineState.STOPPED
         for replica in self.replicas:
             replica.send(("stop",))
         for replica in self.replicas:
@@ -345,37 +348,39 @@ class DataParallelClient:
                 message = replica.conn.recv()
             except (EOFError, OSError):
                 message = ("dead", "its process exited")
-            if message[0] == "ready":
-                replica.model_info = message[1]
-                replica.state = EngineState.READY
-                self._settle()
-            elif message[0] == "dead":
-                if self.state is not EngineState.STOPPED:
+            if message[0] == "dead":
+                if not self._stopping:
                     self._loop.call_soon_threadsafe(self._lose, replica, message[1])
                 return
-            else:
-                self._loop.call_soon_threadsafe(replica.handle, message, self._loop.time())
+            self._loop.call_soon_threadsafe(self._handle, replica, message, self._loop.time())
 
-    def _settle(self) -> None:
-        """Ready once every replica has loaded or failed, if one at least serves."""
-        if self._settled.is_set() or any(r.state is EngineState.LOADING for r in self.replicas):
-            return
-        serving = any(r.state is EngineState.READY for r in self.replicas)
-        self.state = EngineState.READY if serving else EngineState.DEAD
-        self._settled.set()
+    def _handle(self, replica: Replica, message: tuple, now: float) -> None:
+        """On the event loop, where every change of state happens."""
+        if message[0] == "ready":
+            replica.model_info, replica.state = message[1], EngineState.READY
+            self._settle()
+        else:
+            replica.handle(message, now)
 
     def _lose(self, replica: Replica, reason: str) -> None:
-        """On the event loop: a replica ended (``reason``); its requests fail, the rest serve on."""
-        was_serving = replica.state is EngineState.READY
+        """A replica ended (``reason``): its requests fail, the rest serve on."""
+        if replica.state is EngineState.READY:
+            up = sum(r.state is EngineState.READY for r in self.replicas) - 1
+            logger.error("replica %d stopped (%s); %d of %d replicas serve", replica.index, reason, up, self.size)
         replica.state, replica.stats = EngineState.DEAD, None
         replica.fail_everything(EngineFailed(f"engine replica {replica.index} stopped: {reason}"))
-        if not was_serving:  # it failed to load
-            self._settle()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Ready once every replica has loaded or failed, if one at least serves; dead (and
+        ``on_failure``) when none is left."""
+        if self._stopping or any(r.state is EngineState.LOADING for r in self.replicas):
             return
-        up = sum(r.state is EngineState.READY for r in self.replicas)
-        logger.error("replica %d stopped (%s); %d of %d replicas serve", replica.index, reason, up, self.size)
-        if up == 0:
-            self.state = EngineState.DEAD
+        serving = any(r.state is EngineState.READY for r in self.replicas)
+        was = self.state
+        self.state = EngineState.READY if serving else EngineState.DEAD
+        self._settled.set()
+        if self.state is EngineState.DEAD and was is not EngineState.DEAD:
             self._on_failure()
 
     # requests
