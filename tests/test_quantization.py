@@ -18,7 +18,7 @@ from nanovllm_core.layers.quantization import (
     quantize_int8,
     quantize_model_,
 )
-from nanovllm_core.loader.gguf_weights import gguf_quantization
+from nanovllm_core.loader.source import resolve_model
 
 PATHS = cpu_kernels.quantized_linear_paths()  # every path this machine can run, the portable one included
 
@@ -136,15 +136,32 @@ def test_quantized_layers_keep_no_full_precision_weight_unless_shared():
     assert model.head.weight is model.embed.weight and model.embed.weight.shape == (96, 64)
 
 
-def test_a_q4_1_gguf_runs_as_its_own_int4_by_default(smollm2_path):
-    assert gguf_quantization(smollm2_path) == "int4"
-    llm = LLM(str(smollm2_path), dtype="float32", max_num_seqs=4)
-    layers = [m for m in llm.engine.runner.model.modules() if hasattr(m, "quantized")]
+@pytest.fixture(scope="module")
+def quantized_smollm2(smollm2_path):
+    """SmolLM2 in float32 with int8 linears, or with the file's own int4 (the default, asked
+    for by not asking); one of each, loaded when first used. Without prefix caching: a
+    prompt's second run would attend over cached K/V by another path, whose last-bit
+    differences can flip an activation's int8 rounding and then a near-tie token."""
+    loaded: dict[str, LLM] = {}
+
+    def get(method: str) -> LLM:
+        if method not in loaded:
+            chosen = {} if method == "int4" else {"quantization": method}
+            loaded[method] = LLM(str(smollm2_path), dtype="float32", max_num_seqs=8, enable_prefix_caching=False,
+                                 **chosen)
+        return loaded[method]
+
+    return get
+
+
+def test_a_q4_1_gguf_runs_as_its_own_int4_by_default(smollm2_path, quantized_smollm2, smollm2_llm):
+    assert resolve_model(str(smollm2_path)).quantization() == "int4"
+    layers = [m for m in quantized_smollm2("int4").engine.runner.model.modules() if hasattr(m, "quantized")]
     assert {type(m.quantized).__name__ for m in layers} == {"Int4Weight", "Int8Weight"}  # an int8 LM head
     assert sum(isinstance(m.quantized, Int4Weight) for m in layers) == 30 * 4  # qkv, o, gate_up, down
     assert all(m.weight.numel() == 0 for m in layers if isinstance(m.quantized, Int4Weight))
-    unquantized = LLM(str(smollm2_path), dtype="float32", max_num_seqs=4, quantization="none")
-    assert all(m.quantized is None for m in unquantized.engine.runner.model.modules() if hasattr(m, "quantized"))
+    # quantization="none" (the session's float32 model) keeps every layer unquantized
+    assert all(m.quantized is None for m in smollm2_llm.engine.runner.model.modules() if hasattr(m, "quantized"))
 
 
 def scored(llm: LLM, token_ids: list[list[int]]) -> list[list]:
@@ -153,16 +170,14 @@ def scored(llm: LLM, token_ids: list[list[int]]) -> list[list]:
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
-def test_quantized_smollm2_answers_like_the_original(method, smollm2_path, smollm2_tokenizer, smollm2_llm):
+def test_quantized_smollm2_answers_like_the_original(method, quantized_smollm2, smollm2_tokenizer, smollm2_llm):
     """The unquantized model's greedy answers, scored token by token (teacher-forced) by both.
     int4 on this Q4_1 file computes with the very same weights, so only the int8 rounding of
     the activations differs, as in llama.cpp."""
     prompts = [chat_prompt(smollm2_tokenizer, message) for message in CHAT_MESSAGES]
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     answers = [o["prompt_token_ids"] + o["token_ids"] for o in smollm2_llm.generate(prompts, params, use_tqdm=False)]
-    # without prefix caching: a prompt's second run would attend over cached K/V by another path, whose
-    # last-bit differences can flip an activation's int8 rounding and then a near-tie token
-    quantized = LLM(str(smollm2_path), dtype="float32", quantization=method, enable_prefix_caching=False)
+    quantized = quantized_smollm2(method)
     alone = [quantized.generate([p], params, use_tqdm=False)[0]["token_ids"] for p in prompts]
     batched = [o["token_ids"] for o in quantized.generate(prompts, params, use_tqdm=False)]
     assert batched == alone  # each row's integer arithmetic does not depend on its neighbours

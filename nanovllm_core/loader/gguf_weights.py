@@ -56,10 +56,10 @@ def unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
     )
 
 
-def gguf_config_extras(path: Path) -> dict:
+def gguf_config_extras(reader: GGUFReader) -> dict:
     """Config settings a GGUF file carries as tensors: Llama 3's per-frequency RoPE
     divisors (``rope_freqs``), which transformers' GGUF reader leaves out."""
-    for tensor in GGUFReader(path).tensors:
+    for tensor in reader.tensors:
         if tensor.name == "rope_freqs.weight":
             return {"rope_freq_factors": dequantize(tensor.data, tensor.tensor_type).astype(np.float32).tolist()}
     return {}
@@ -71,11 +71,11 @@ INT4_TYPES = {"Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS"}
 INT8_TYPES = {"Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "Q8_K"}
 
 
-def gguf_quantization(path: Path) -> str:
+def gguf_quantization(reader: GGUFReader) -> str:
     """``int4``, ``int8`` or ``none``: what most of the file's layer weights are quantized
     to (by element count), which ``--quantization auto`` runs them as."""
     counts = {"int4": 0, "int8": 0, "none": 0}
-    for tensor in GGUFReader(path).tensors:
+    for tensor in reader.tensors:
         if tensor.name.startswith("blk.") and tensor.name.endswith(".weight") and len(tensor.shape) == 2:
             kind = tensor.tensor_type.name
             counts["int4" if kind in INT4_TYPES else "int8" if kind in INT8_TYPES else "none"] += int(tensor.n_elements)

@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from nanovllm_core.loader.gguf_weights import gguf_config_extras, gguf_quantization
+from nanovllm_core.loader.gguf_metadata import converted_gguf, gguf_settings
 from nanovllm_core.loader.sentence_transformers import read_pooler_config
 from nanovllm_core.pooling import PoolerConfig
 
@@ -40,22 +40,17 @@ class ModelSource:
         return self.path.suffix == ".gguf"
 
     @property
-    def directory(self) -> Path:
-        return self.path.parent if self.is_gguf else self.path
-
-    def _hf_kwargs(self) -> dict:
-        return {"gguf_file": self.path.name} if self.is_gguf else {}
+    def metadata_directory(self) -> Path:
+        """Where the config and tokenizer files are: for a GGUF, its converted copy."""
+        return converted_gguf(self.path) if self.is_gguf else self.path
 
     def load_config(self) -> PretrainedConfig:
-        config = AutoConfig.from_pretrained(self.directory, **self._hf_kwargs())
+        config = AutoConfig.from_pretrained(self.metadata_directory)
         if not getattr(config, "architectures", None):  # GGUF metadata names only the model type
             architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
             if architecture is None:
                 raise ValueError(f"{self.path}: no causal-LM architecture for model type {config.model_type!r}")
             config.architectures = [architecture]
-        if self.is_gguf:
-            for name, value in gguf_config_extras(self.path).items():
-                setattr(config, name, value)
         return config
 
     def load_pooler_config(self) -> PoolerConfig | None:
@@ -64,12 +59,14 @@ class ModelSource:
 
     def quantization(self) -> str:
         """What the file's own layer weights are quantized to: int4, int8 or none (safetensors: none)."""
-        return gguf_quantization(self.path) if self.is_gguf else "none"
+        return gguf_settings(self.path)["quantization"] if self.is_gguf else "none"
 
     def load_tokenizer(self, tokenizer_path: str | None = None) -> PreTrainedTokenizerBase:
         if tokenizer_path:
             return AutoTokenizer.from_pretrained(tokenizer_path)
-        return AutoTokenizer.from_pretrained(self.directory, **self._hf_kwargs())
+        if self.is_gguf and "tokenizer_error" in gguf_settings(self.path):
+            raise ValueError(gguf_settings(self.path)["tokenizer_error"])
+        return AutoTokenizer.from_pretrained(self.metadata_directory)
 
 
 def default_model_path() -> Path:
