@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.async_llm import AsyncLLM, AsyncStream, ClientLimits, StreamSinks
+from nanovllm_core.engine.model_runner import resolve_device
 from nanovllm_core.engine.tensor_parallel import die_with_parent, engine_config_json
 from nanovllm_core.engine_client import (
     EngineFailed,
@@ -92,7 +93,7 @@ def replica_cuda_devices(num_replicas: int, tensor_parallel_size: int) -> list[s
 
 
 def replica_main(index: int, conn: Connection, config_json: str, cpus: list[int], env: dict[str, str],
-                 limits: ClientLimits) -> None:
+                 limits: ClientLimits, log_level: int) -> None:
     """A replica process: an ``AsyncLLM`` serving the commands that arrive on ``conn``."""
     die_with_parent()
     # the server drains on SIGINT/SIGTERM and then stops its replicas; a terminal's Ctrl-C
@@ -103,7 +104,7 @@ def replica_main(index: int, conn: Connection, config_json: str, cpus: list[int]
     if cpus:
         os.sched_setaffinity(0, cpus)
         torch.set_num_threads(len(cpus))
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s replica{index} %(name)s: %(message)s")
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s replica{index} %(name)s: %(message)s")
     config = EngineConfig.model_validate_json(config_json)
     engine = AsyncLLM(config, limits)
     asyncio.run(ReplicaServer(conn, engine).serve())
@@ -301,8 +302,7 @@ class DataParallelClient:
 
     def start(self, loop: asyncio.AbstractEventLoop, on_failure: Callable[[], None] = lambda: None) -> None:
         self._loop, self._on_failure = loop, on_failure
-        uses_cuda = self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available())
-        if uses_cuda:
+        if resolve_device(self.config.device).type == "cuda":
             cpu_sets = [[] for _ in range(self.size)]
             envs = [{"CUDA_VISIBLE_DEVICES": devices}
                     for devices in replica_cuda_devices(self.size, self.config.tensor_parallel_size)]
@@ -311,11 +311,12 @@ class DataParallelClient:
             envs = [{} for _ in range(self.size)]
         context = mp.get_context("spawn")
         config_json = engine_config_json(self.config)
+        log_level = logging.getLogger().getEffectiveLevel()
         for index, (cpus, env) in enumerate(zip(cpu_sets, envs)):
             ours, theirs = context.Pipe()
             # not a daemon: a replica with tensor_parallel_size > 1 spawns its own workers
-            process = context.Process(target=replica_main, args=(index, theirs, config_json, cpus, env, self.limits),
-                                      name=f"nanovllm-replica{index}")
+            process = context.Process(target=replica_main, name=f"nanovllm-replica{index}",
+                                      args=(index, theirs, config_json, cpus, env, self.limits, log_level))
             process.start()
             theirs.close()
             replica = Replica(index, process, ours, self.limits,
