@@ -140,3 +140,25 @@ def test_torchrun_launch_runs_the_same_code(smollm2_path, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("ANSWER") == 1 and "ANSWER The capital of France is Paris." in result.stdout
+
+
+def test_data_parallel_replicas_of_tensor_parallel_engines(qwen3, tmp_path):
+    """--data-parallel-size 2 x --tensor-parallel-size 2: two replicas, each spawning its own
+    worker rank on the replica's core, answer as one engine does; SIGTERM leaves no process."""
+    prompts = [[(13 * i + 7 * j) % 40000 + 3 for j in range(9 + 5 * i)] for i in range(4)]
+    with LLM(str(qwen3), dtype="float32") as llm:
+        expected = [r["text"] for r in llm.generate(
+            prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)]
+    server = ServerProcess("--model", str(qwen3), "--dtype", "float32", "--data-parallel-size", "2",
+                           "--tensor-parallel-size", "2", log_path=tmp_path / "server.log").wait_healthy()
+    engines = [p for p in psutil.Process(server.process.pid).children(recursive=True)
+               if "spawn_main" in " ".join(p.cmdline())]
+    assert len(engines) == 4  # two replicas and a worker rank of each
+    body = {"model": qwen3.name, "temperature": 0, "max_tokens": 8, "ignore_eos": True}
+    answers = [httpx.post(f"{server.url}/v1/completions", json={**body, "prompt": prompt}, timeout=120).json()
+               for prompt in prompts]
+    assert [a["choices"][0]["text"] for a in answers] == expected
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=120) == 0
+    psutil.wait_procs(engines, timeout=120)
+    assert not [p.pid for p in engines if p.is_running()]
