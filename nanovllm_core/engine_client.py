@@ -99,11 +99,9 @@ class EngineClient(Protocol):
     def model_info(self) -> ModelInfo:
         """The loaded model's limits and tokenizer; EngineUnavailable while loading."""
 
-    def stats(self) -> EngineStats | None:
-        """The scheduler's state now (over every replica); None while loading."""
-
     def replica_statuses(self) -> list[ReplicaStatus]:
-        """Each engine replica's state and stats: one entry for an engine without replicas."""
+        """Each engine replica's state and its scheduler's stats (None while it loads): one
+        entry for an engine without replicas."""
 
     async def generate(
         self, request_id: str, sequences: list[tuple[list[int], SamplingParams]]

@@ -39,3 +39,4 @@ def test_an_unwritable_cache_still_loads(tmp_path, monkeypatch, smollm2_path):
     blocker.write_text("not a directory")
     monkeypatch.setenv("NANOVLLM_CACHE_DIR", str(blocker))
     assert resolve_model(str(smollm2_path)).load_config().num_hidden_layers == 30
+    assert converted_gguf(smollm2_path) == converted_gguf(smollm2_path)  # converted once in this process

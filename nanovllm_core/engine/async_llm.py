@@ -161,10 +161,7 @@ class AsyncLLM:
         loads, ``model_info`` has refused the request already.)"""
         if self.state is not EngineState.READY:
             raise EngineUnavailable("The engine is not running.")
-        if num_sequences > self.max_sequences:  # never admissible: retrying cannot help
-            raise InvalidRequestError(
-                f"The request needs {num_sequences} sequences (prompts x n, or inputs) but the server holds at most "
-                f"{self.max_sequences} at once (max_num_seqs + max_queued_sequences).", param=param)
+        check_admissible(num_sequences, self.max_sequences, "the server", param)
         if self._sinks.num_sequences + num_sequences > self.max_sequences:
             raise QueueFull("The server is at capacity; retry shortly.")
 
@@ -205,6 +202,15 @@ class AsyncLLM:
                 param="tools" if guided.kind == "structural_tag" else "response_format",
                 code="grammar_compile_timeout",
             ) from error
+
+
+def check_admissible(num_sequences: int, max_sequences: int, holder: str, param: str) -> None:
+    """InvalidRequestError for a request that needs more sequences than ``holder`` ever holds
+    at once (retrying cannot help, unlike QueueFull); ``param``: what it would change."""
+    if num_sequences > max_sequences:
+        raise InvalidRequestError(
+            f"The request needs {num_sequences} sequences (prompts x n, or inputs) but {holder} holds at most "
+            f"{max_sequences} at once (max_num_seqs + max_queued_sequences).", param=param)
 
 
 def run_engine_loop(

@@ -24,7 +24,7 @@ import torch
 import torch.multiprocessing as mp
 
 from nanovllm_core.config import EngineConfig
-from nanovllm_core.engine.async_llm import AsyncLLM, AsyncStream, ClientLimits, StreamSinks
+from nanovllm_core.engine.async_llm import AsyncLLM, AsyncStream, ClientLimits, StreamSinks, check_admissible
 from nanovllm_core.engine.model_runner import resolve_device
 from nanovllm_core.engine.tensor_parallel import die_with_parent, engine_config_json
 from nanovllm_core.engine_client import (
@@ -35,7 +35,6 @@ from nanovllm_core.engine_client import (
     QueueFull,
     ReplicaStatus,
 )
-from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.model_info import ModelInfo
 from nanovllm_core.pooling import PoolingParams
 from nanovllm_core.sampling_params import SamplingParams
@@ -192,11 +191,10 @@ class ReplicaServer:
 class Replica:
     """One replica as the server sees it: its process, its pipe, its requests."""
 
-    def __init__(self, index: int, process: mp.Process, conn: Connection, limits: ClientLimits, max_sequences: int):
+    def __init__(self, index: int, process: mp.Process, conn: Connection, limits: ClientLimits):
         self.index = index
         self.process = process
         self.conn = conn
-        self.max_sequences = max_sequences
         self.state = EngineState.LOADING
         self.stats: EngineStats | None = None
         self.model_info: ModelInfo | None = None
@@ -292,6 +290,7 @@ class DataParallelClient:
         self.state = EngineState.LOADING
         self.replicas: list[Replica] = []
         self.affinity = PrefixAffinity(config.block_size)
+        self.max_sequences_per_replica = config.max_num_seqs + limits.max_queued_sequences
         self._next = 0  # where the search for the least loaded starts, so ties rotate
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_failure: Callable[[], None] = lambda: None
@@ -319,8 +318,7 @@ class DataParallelClient:
                                       args=(index, theirs, config_json, cpus, env, self.limits, log_level))
             process.start()
             theirs.close()
-            replica = Replica(index, process, ours, self.limits,
-                              self.config.max_num_seqs + self.limits.max_queued_sequences)
+            replica = Replica(index, process, ours, self.limits)
             self.replicas.append(replica)
             logger.info("replica %d: process %d%s", index, process.pid, f", CPUs {cpus}" if cpus else f", {env}")
             threading.Thread(target=self._read, args=(replica,), name=f"replica{index}-reader", daemon=True).start()
@@ -393,18 +391,6 @@ class DataParallelClient:
                 return replica.model_info
         raise EngineUnavailable("The model is still loading; retry shortly.")
 
-    def stats(self) -> EngineStats | None:
-        reported = [r.stats for r in self.replicas if r.stats is not None]
-        if not reported:
-            return None
-        return EngineStats(
-            num_running=sum(s.num_running for s in reported),
-            num_waiting=sum(s.num_waiting for s in reported),
-            kv_cache_usage=sum(s.kv_cache_usage for s in reported) / len(reported),
-            prefix_cache_hit_rate=sum(s.prefix_cache_hit_rate for s in reported) / len(reported),
-            num_preemptions=sum(s.num_preemptions for s in reported),
-        )
-
     def replica_statuses(self) -> list[ReplicaStatus]:
         return [ReplicaStatus(r.state, r.stats) for r in self.replicas]
 
@@ -427,11 +413,8 @@ class DataParallelClient:
         live = [r for r in self.replicas if r.state is EngineState.READY]
         if self.state is not EngineState.READY or not live:
             raise EngineUnavailable("The engine is not running.")
-        if num_sequences > live[0].max_sequences:  # never admissible: retrying cannot help
-            raise InvalidRequestError(
-                f"The request needs {num_sequences} sequences (prompts x n, or inputs) but one engine replica holds "
-                f"at most {live[0].max_sequences} at once (max_num_seqs + max_queued_sequences).", param=param)
-        open_ = [r for r in live if r.load + num_sequences <= r.max_sequences]
+        check_admissible(num_sequences, self.max_sequences_per_replica, "one engine replica", param)
+        open_ = [r for r in live if r.load + num_sequences <= self.max_sequences_per_replica]
         if not open_:
             raise QueueFull("The server is at capacity; retry shortly.")
         start = self._next % len(self.replicas)

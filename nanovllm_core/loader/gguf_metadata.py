@@ -11,6 +11,7 @@ version, so a changed file or library converts again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -46,19 +47,22 @@ def cache_name(path: Path) -> str:
 
 def converted_gguf(path: Path) -> Path:
     """The directory holding ``path``'s config, tokenizer and nanovllm.json, converted now if
-    this file has not been before (in a temporary directory if the cache cannot be written)."""
-    root = cache_root()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
-    except OSError as error:
-        logger.warning("cannot write the GGUF cache at %s (%s); converting for this process only", root, error)
-        root = Path(tempfile.mkdtemp(prefix="nanovllm-gguf-"))
-        staging = Path(tempfile.mkdtemp(dir=root))
-    target = root / cache_name(path)
+    this version of the file has not been before (in a temporary directory, once per process,
+    if the cache cannot be written)."""
+    return _converted(path, cache_root() / cache_name(path))
+
+
+@functools.cache
+def _converted(path: Path, target: Path) -> Path:
     if (target / SETTINGS_FILE).is_file():
-        shutil.rmtree(staging, ignore_errors=True)
         return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    except OSError as error:
+        logger.warning("cannot write the GGUF cache at %s (%s); converting for this process only", target.parent, error)
+        target = Path(tempfile.mkdtemp(prefix="nanovllm-gguf-")) / target.name
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
     logger.info("reading %s's config and tokenizer (once for this file, then from %s)", path.name, target)
     try:
         _convert(path, staging)

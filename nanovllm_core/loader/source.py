@@ -64,8 +64,8 @@ class ModelSource:
     def load_tokenizer(self, tokenizer_path: str | None = None) -> PreTrainedTokenizerBase:
         if tokenizer_path:
             return AutoTokenizer.from_pretrained(tokenizer_path)
-        if self.is_gguf and "tokenizer_error" in gguf_settings(self.path):
-            raise ValueError(gguf_settings(self.path)["tokenizer_error"])
+        if self.is_gguf and (error := gguf_settings(self.path).get("tokenizer_error")):
+            raise ValueError(error)
         return AutoTokenizer.from_pretrained(self.metadata_directory)
 
 
