@@ -30,8 +30,9 @@ async def create_completion(request: CompletionRequest, raw: Request, ctx: Servi
     params = request.to_sampling_params(ctx.model)
     # choice index = prompt index * n + choice within the prompt
     sequences = [(prompt_ids, p) for prompt_ids in prompts for p in params]
-    echoes = [ctx.tokenizer.decode(p) if request.echo else "" for p, _ in sequences]
     generation = await start_generation(ctx, "cmpl", model, prompts, sequences)
+    # after the engine's client checked the ids: out of the vocabulary is a 400, not a decoder error
+    echoes = [ctx.tokenizer.decode(p) if request.echo else "" for p, _ in sequences]
     if request.stream:
         return StreamingResponse(event_stream(_stream(ctx, request, generation, echoes)), media_type="text/event-stream")
     return await cancel_on_disconnect(raw, _complete(ctx, request, generation, echoes))

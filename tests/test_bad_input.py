@@ -73,6 +73,7 @@ def test_wrong_content_type_is_400(server, content_type):
 FIELD_CASES = [
     ({"prompt": "x", "stop": ["zz"] * 10_000}, "stop"),
     ({"prompt": [-1]}, "prompt"),
+    ({"prompt": [-1], "echo": True}, "prompt"),  # regression: echo decoded the ids before they were checked
     ({"prompt": [10**30]}, "prompt"),
     ({"prompt": [[1], [49152]]}, "prompt"),
     ({"prompt": [1.5]}, "prompt"),
