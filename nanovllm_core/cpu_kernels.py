@@ -93,16 +93,17 @@ def _build() -> None:
 
 def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                           generic_only: bool = False) -> torch.Tensor:
+                           sliding_window: int | None = None, generic_only: bool = False) -> torch.Tensor:
     """Attention of one query token per sequence over its paged K/V, read in place.
 
     query ``[seqs, heads, head_dim]``; caches ``[kv_heads, blocks, block_size, head_dim]``;
-    block_tables ``[seqs, width]`` and context_lens ``[seqs]`` int32. ``generic_only``
-    runs the portable loops even where AVX-512 code exists (so tests check both).
+    block_tables ``[seqs, width]`` and context_lens ``[seqs]`` int32. With ``sliding_window``
+    only the last that many keys are read. ``generic_only`` runs the portable loops even
+    where vector code exists (so tests check both).
     """
     load()
     return torch.ops.nanovllm_cpu.paged_decode_attention(
-        query, k_cache, v_cache, block_tables, context_lens, scale, generic_only
+        query, k_cache, v_cache, block_tables, context_lens, scale, sliding_window or 0, generic_only
     )
 
 

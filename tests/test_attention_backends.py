@@ -95,15 +95,21 @@ def make_case(batch: Batch, dtype: torch.dtype, seed: int = 0) -> Case:
                 randn(cached, batch.kv_heads), randn(cached, batch.kv_heads))
 
 
-def run(backend_cls, case: Case) -> torch.Tensor:
+def run(backend_cls, case: Case, sliding_window: int | None = None) -> torch.Tensor:
     batch = case.batch
     backend = backend_cls(batch.heads, batch.kv_heads, batch.head_dim, batch.block_size)
     k_cache = torch.zeros(backend.kv_cache_shape(NUM_BLOCKS), dtype=case.query.dtype, device=DEVICE)
     v_cache = torch.zeros_like(k_cache)
     if case.prefix_key.shape[0]:
         backend.store(case.prefix_key, case.prefix_value, k_cache, v_cache, prefix_slots(batch, case.metadata))
-    out = backend.forward(case.query, case.key, case.value, k_cache, v_cache, case.metadata, batch.head_dim**-0.5)
+    window = {} if sliding_window is None else {"sliding_window": sliding_window}
+    out = backend.forward(case.query, case.key, case.value, k_cache, v_cache, case.metadata, batch.head_dim**-0.5,
+                          **window)
     return out.float().cpu()
+
+
+# windows smaller than a block, spanning blocks, and wider than some contexts (so no-op there)
+WINDOWS = [1, 5, 16, 40]
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"{b.heads}h{b.kv_heads}kv{b.head_dim}d-bs{b.block_size}-{len(b.shapes)}seqs")
@@ -123,11 +129,21 @@ def test_triton_matches_torch_in_half_precision(dtype):
     torch.testing.assert_close(run(TritonAttentionBackend, case), run(TorchAttentionBackend, case), atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("batch", BATCHES[2:4], ids=["mixed", "smollm2-heads"])
-def test_torch_backend_matches_plain_attention(batch):
-    """The reference itself, against softmax(QK^T)V written out per sequence."""
+@pytest.mark.parametrize("sliding_window", WINDOWS)
+@pytest.mark.parametrize("batch", BATCHES[1:], ids=lambda b: f"{b.heads}h{b.kv_heads}kv-bs{b.block_size}")
+def test_triton_matches_torch_with_a_sliding_window(batch, sliding_window):
     case = make_case(batch, torch.float32)
-    out = run(TorchAttentionBackend, case)
+    torch.testing.assert_close(run(TritonAttentionBackend, case, sliding_window),
+                               run(TorchAttentionBackend, case, sliding_window), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sliding_window", [None, *WINDOWS])
+@pytest.mark.parametrize("batch", BATCHES[1:4], ids=["fresh", "mixed", "smollm2-heads"])
+def test_torch_backend_matches_plain_attention(batch, sliding_window):
+    """The reference itself, against softmax(QK^T)V written out per sequence:
+    causal, and with a window the query at i sees keys i - W + 1 .. i."""
+    case = make_case(batch, torch.float32)
+    out = run(TorchAttentionBackend, case, sliding_window)
     group = batch.heads // batch.kv_heads
     query, key, value = case.query.cpu(), case.key.cpu(), case.value.cpu()
     prefix_key, prefix_value = case.prefix_key.cpu(), case.prefix_value.cpu()
@@ -136,8 +152,11 @@ def test_torch_backend_matches_plain_attention(batch):
         k = torch.cat([prefix_key[k_at:k_at + cached], key[q_at:q_at + new]]).repeat_interleave(group, dim=1)
         v = torch.cat([prefix_value[k_at:k_at + cached], value[q_at:q_at + new]]).repeat_interleave(group, dim=1)
         scores = torch.einsum("qhd,khd->hqk", query[q_at:q_at + new], k) * batch.head_dim**-0.5
-        causal = torch.arange(cached + new)[None, :] <= torch.arange(cached, cached + new)[:, None]
-        expected = torch.einsum("hqk,khd->qhd", scores.masked_fill(~causal, float("-inf")).softmax(-1), v)
+        key_positions, query_positions = torch.arange(cached + new)[None, :], torch.arange(cached, cached + new)[:, None]
+        visible = key_positions <= query_positions
+        if sliding_window is not None:
+            visible &= key_positions > query_positions - sliding_window
+        expected = torch.einsum("hqk,khd->qhd", scores.masked_fill(~visible, float("-inf")).softmax(-1), v)
         torch.testing.assert_close(out[q_at:q_at + new], expected, atol=1e-5, rtol=1e-4)
         q_at, k_at = q_at + new, k_at + cached
 
@@ -166,6 +185,35 @@ CPU_DECODE_BATCHES = BATCHES + [
 def test_cpu_kernel_matches_torch(batch):
     case = make_case(batch, torch.float32)
     torch.testing.assert_close(run(CpuAttentionBackend, case), run(TorchAttentionBackend, case), atol=2e-5, rtol=1e-4)
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("sliding_window", [*WINDOWS, 300])
+@pytest.mark.parametrize("batch", CPU_DECODE_BATCHES[-2:] + BATCHES[2:3], ids=["long", "group8", "mixed"])
+def test_cpu_kernel_matches_torch_with_a_sliding_window(batch, sliding_window):
+    case = make_case(batch, torch.float32)
+    torch.testing.assert_close(run(CpuAttentionBackend, case, sliding_window),
+                               run(TorchAttentionBackend, case, sliding_window), atol=2e-5, rtol=1e-4)
+
+
+@CPU_ONLY
+def test_cpu_kernel_never_reads_blocks_before_the_window():
+    """Blocks wholly before the window are skipped: poison them with NaN and the output stays finite and equal."""
+    batch = CPU_DECODE_BATCHES[-2]  # contexts of 701, 2, 256 and 257 tokens, blocks of 16
+    case = make_case(batch, torch.float32)
+    backend = CpuAttentionBackend(batch.heads, batch.kv_heads, batch.head_dim, batch.block_size)
+    k_cache = torch.zeros(backend.kv_cache_shape(NUM_BLOCKS))
+    v_cache = torch.zeros_like(k_cache)
+    backend.store(case.prefix_key, case.prefix_value, k_cache, v_cache, prefix_slots(batch, case.metadata))
+    m, window = case.metadata, 20
+    expected = run(TorchAttentionBackend, case, window)
+    for seq, context_len in enumerate(m.context_lens_host):
+        for index in range(max(0, context_len - window) // batch.block_size):
+            block = m.block_tables[seq, index]
+            k_cache[:, block] = v_cache[:, block] = float("nan")
+    ours = backend.forward(case.query, case.key, case.value, k_cache, v_cache, m, batch.head_dim**-0.5,
+                           sliding_window=window)
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-4)
 
 
 @CPU_ONLY
@@ -200,6 +248,10 @@ def test_cpu_kernel_portable_loops_match_its_vector_code(dtype):
                                                   generic_only=generic_only)
         tolerance = 2e-5 if dtype == torch.float32 else 2e-2
         torch.testing.assert_close(ours.float(), expected, atol=tolerance, rtol=tolerance)
+    windowed = backend.forward(case.query, case.key, case.value, k_cache, v_cache, m, 0.125, sliding_window=37).float()
+    ours = cpu_kernels.paged_decode_attention(case.query, k_cache, v_cache, m.block_tables, m.context_lens, 0.125,
+                                              sliding_window=37, generic_only=True)
+    torch.testing.assert_close(ours.float(), windowed, atol=tolerance, rtol=tolerance)
 
 
 def test_auto_picks_the_cpu_kernels_and_falls_back_to_torch(monkeypatch):

@@ -5,6 +5,11 @@ token (decodes), then prefill chunks. For each sequence, ``context_lens`` is
 its number of tokens in the KV cache *after* this step (cached prefix + new
 tokens), so a prefill chunk attends causally to ``context_len`` keys of which
 the last ``query_len`` are its own.
+
+A layer may attend through a sliding window of ``W`` keys (``sliding_window``
+on ``Attention``, passed to ``forward``): the query at position ``i`` sees keys
+``i - W + 1 .. i``, as Hugging Face's ``sliding_window`` means. The window is a
+property of the layer, so one step's metadata serves windowed and global layers.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class AttentionBackend:
     name: str = ""
     devices: tuple[str, ...] = ("cpu", "cuda")
     supports_cuda_graphs = False  # True when forward() on decodes needs no host synchronisation
+    supports_sliding_window = False  # True when forward() honours its sliding_window argument
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int):
         self.num_heads = num_heads
@@ -74,8 +80,11 @@ class AttentionBackend:
         v_cache: torch.Tensor,
         metadata: AttentionMetadata,
         scale: float,
+        sliding_window: int | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-        """Store the new K/V in the cache, then attend."""
+        """Store the new K/V in the cache, then attend: causally, and within the last
+        ``sliding_window`` keys when it is set (only on backends that declare
+        ``supports_sliding_window``; the engine refuses the others for such models)."""
         raise NotImplementedError
 
     def forward_bidirectional(

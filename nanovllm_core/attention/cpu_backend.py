@@ -25,8 +25,9 @@ class CpuAttentionBackend(TorchAttentionBackend):
         super().check_available(device)
         cpu_kernels.load()
 
-    def _decode(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+    def _decode(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float, sliding_window: int | None):
         num_seqs = query.shape[0]
         return cpu_kernels.paged_decode_attention(
-            query, k_cache, v_cache, metadata.block_tables[:num_seqs], metadata.context_lens[:num_seqs], scale
+            query, k_cache, v_cache, metadata.block_tables[:num_seqs], metadata.context_lens[:num_seqs], scale,
+            sliding_window=sliding_window,
         )

@@ -20,6 +20,7 @@ class FlashAttentionBackend(AttentionBackend):
     name = "flash-attn"
     devices = ("cuda",)
     supports_cuda_graphs = True
+    supports_sliding_window = True
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int):
         if block_size % PAGE_MULTIPLE:
@@ -43,9 +44,12 @@ class FlashAttentionBackend(AttentionBackend):
 
         store_kv(key, value, k_cache, v_cache, slot_mapping)
 
-    def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+    def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float,
+                sliding_window: int | None = None):
         from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
 
+        # flash-attn counts the keys left of the query's own; (-1, -1) is no window
+        window = (sliding_window - 1, 0) if sliding_window else (-1, -1)
         self.store(key, value, k_cache, v_cache, metadata.slot_mapping)
         num_decodes = metadata.num_decode_tokens
         output = torch.empty_like(query)
@@ -54,7 +58,7 @@ class FlashAttentionBackend(AttentionBackend):
                 query[:num_decodes].unsqueeze(1), k_cache, v_cache,
                 cache_seqlens=metadata.context_lens[:num_decodes],
                 block_table=metadata.block_tables[:num_decodes],
-                softmax_scale=scale, causal=True,
+                softmax_scale=scale, causal=True, window_size=window,
             ).squeeze(1)
         if len(metadata.query_lens_host) > num_decodes:
             context_lens = metadata.context_lens[num_decodes:]
@@ -64,6 +68,6 @@ class FlashAttentionBackend(AttentionBackend):
                 query[num_decodes:], k_cache, v_cache,
                 cu_seqlens_q=query_start, cu_seqlens_k=context_start,
                 max_seqlen_q=metadata.max_query_len, max_seqlen_k=metadata.max_context_len,
-                softmax_scale=scale, causal=True, block_table=metadata.block_tables[num_decodes:],
+                softmax_scale=scale, causal=True, window_size=window, block_table=metadata.block_tables[num_decodes:],
             )
         return output

@@ -17,6 +17,7 @@ from nanovllm_core.attention.backend import AttentionBackend, AttentionMetadata
 
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
+    supports_sliding_window = True
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int):
         super().__init__(num_heads, num_kv_heads, head_dim, block_size)
@@ -25,16 +26,18 @@ class TorchAttentionBackend(AttentionBackend):
     def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
         return (self.num_kv_heads, num_blocks, self.block_size, self.head_dim)
 
-    def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+    def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float,
+                sliding_window: int | None = None):
         self.store(key, value, k_cache, v_cache, metadata.slot_mapping)
         output = torch.empty_like(query)
         num_decodes = metadata.num_decode_tokens
         if num_decodes:
-            output[:num_decodes] = self._decode(query[:num_decodes], k_cache, v_cache, metadata, scale)
+            output[:num_decodes] = self._decode(query[:num_decodes], k_cache, v_cache, metadata, scale, sliding_window)
         start = num_decodes
         for i in range(num_decodes, len(metadata.query_lens_host)):
             end = start + metadata.query_lens_host[i]
-            output[start:end] = self._prefill(query, key, value, k_cache, v_cache, metadata, i, start, end, scale)
+            output[start:end] = self._prefill(query, key, value, k_cache, v_cache, metadata, i, start, end, scale,
+                                              sliding_window)
             start = end
         return output
 
@@ -65,7 +68,7 @@ class TorchAttentionBackend(AttentionBackend):
             self._buffers[name] = buffer
         return buffer[:needed].view(shape)
 
-    def _decode(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+    def _decode(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float, sliding_window: int | None):
         num_seqs = query.shape[0]
         block_tables = metadata.block_tables[:num_seqs]
         blocks_needed = -(-max(metadata.context_lens_host[:num_seqs]) // self.block_size)
@@ -77,25 +80,34 @@ class TorchAttentionBackend(AttentionBackend):
         grouped = query.view(num_seqs, self.num_kv_heads, group, self.head_dim).transpose(0, 1)
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale
         positions = torch.arange(keys.shape[2], device=query.device)
-        masked = positions[None, :] >= metadata.context_lens[:num_seqs, None]
+        context_lens = metadata.context_lens[:num_seqs, None]
+        masked = positions[None, :] >= context_lens
+        if sliding_window is not None:  # the query sits at context_len - 1
+            masked |= positions[None, :] < context_lens - sliding_window
         scores.masked_fill_(masked[None, :, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         out = torch.matmul(probs, values)  # [kv_heads, seqs, group, head_dim]
         return out.transpose(0, 1).reshape(num_seqs, self.num_heads, self.head_dim)
 
-    def _prefill(self, query, key, value, k_cache, v_cache, metadata, index, start, end, scale):
+    def _prefill(self, query, key, value, k_cache, v_cache, metadata, index, start, end, scale, sliding_window):
         context_len = metadata.context_lens_host[index]
         query_len = end - start
         q = query[start:end].transpose(0, 1)  # [heads, query_len, head_dim]
+        windowed = sliding_window is not None and sliding_window < context_len
         if context_len == query_len:  # nothing cached before this chunk: attend to the new K/V
             k, v = key[start:end].transpose(0, 1), value[start:end].transpose(0, 1)
+        else:
+            block_tables = metadata.block_tables[index : index + 1, : -(-context_len // self.block_size)]
+            k = self._gather(k_cache, block_tables, "keys")[:, 0, :context_len]
+            v = self._gather(v_cache, block_tables, "values")[:, 0, :context_len]
+        if context_len == query_len and not windowed:
             return self._sdpa(q, k, v, scale, is_causal=True, mask=None)
-        block_tables = metadata.block_tables[index : index + 1, : -(-context_len // self.block_size)]
-        k = self._gather(k_cache, block_tables, "keys")[:, 0, :context_len]
-        v = self._gather(v_cache, block_tables, "values")[:, 0, :context_len]
         # query i sits at absolute position context_len - query_len + i
-        query_positions = torch.arange(context_len - query_len, context_len, device=q.device)
-        mask = torch.arange(context_len, device=q.device)[None, :] <= query_positions[:, None]
+        query_positions = torch.arange(context_len - query_len, context_len, device=q.device)[:, None]
+        key_positions = torch.arange(context_len, device=q.device)[None, :]
+        mask = key_positions <= query_positions
+        if windowed:
+            mask &= key_positions > query_positions - sliding_window
         return self._sdpa(q, k, v, scale, is_causal=False, mask=mask)
 
     def _sdpa(self, q, k, v, scale, is_causal, mask):

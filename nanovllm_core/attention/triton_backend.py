@@ -17,6 +17,7 @@ class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     devices = ("cuda",)
     supports_cuda_graphs = True
+    supports_sliding_window = True
 
     @classmethod
     def check_available(cls, device: torch.device) -> None:
@@ -40,7 +41,8 @@ class TritonAttentionBackend(AttentionBackend):
 
         triton_kernels.store_kv(key, value, k_cache, v_cache, slot_mapping)
 
-    def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
+    def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float,
+                sliding_window: int | None = None):
         from nanovllm_core.attention import triton_kernels
 
         self.store(key, value, k_cache, v_cache, metadata.slot_mapping)
@@ -49,12 +51,12 @@ class TritonAttentionBackend(AttentionBackend):
         if num_decodes:
             triton_kernels.paged_decode(
                 query[:num_decodes], k_cache, v_cache, metadata.block_tables, metadata.context_lens, scale,
-                output[:num_decodes],
+                output[:num_decodes], sliding_window,
             )
         num_prefills = len(metadata.query_lens_host) - num_decodes
         if num_prefills:
             triton_kernels.paged_prefill(
                 query, k_cache, v_cache, metadata.block_tables, metadata.context_lens, metadata.query_start_loc,
-                num_decodes, num_prefills, metadata.max_query_len, scale, output,
+                num_decodes, num_prefills, metadata.max_query_len, scale, output, sliding_window,
             )
         return output

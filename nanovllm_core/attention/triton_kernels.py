@@ -42,6 +42,12 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
     )
 
 
+def _window(sliding_window: int | None) -> int:
+    """The kernels' window argument: no window is one wider than any context, which
+    keeps a single compiled kernel for windowed and global layers."""
+    return sliding_window or 1 << 30
+
+
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
     # float32 caches get exact float32 products (the default would use TF32 on GPUs)
@@ -66,8 +72,11 @@ def _attend_block(
     scores = _dot(q, tl.trans(k), IEEE).to(tl.float32) * scale
     scores = tl.where(visible, scores, float("-inf"))
     new_max = tl.maximum(running_max, tl.max(scores, 1))
-    probs = tl.exp(scores - new_max[:, None])
-    correction = tl.exp(running_max - new_max)
+    # a row that has seen no visible key yet (a sliding window starts later in the tile)
+    # keeps -inf as its max; shifting by 0 instead makes its terms exp(-inf) = 0, not NaN
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    probs = tl.exp(scores - shift[:, None])
+    correction = tl.exp(running_max - shift)
     running_sum = running_sum * correction + tl.sum(probs, 1)
     acc = acc * correction[:, None] + _dot(probs.to(v.dtype), v, IEEE).to(tl.float32)
     return new_max, running_sum, acc
@@ -76,7 +85,7 @@ def _attend_block(
 @triton.jit
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr,
-    scale, stride_q, stride_out, stride_tables,
+    scale, window, stride_q, stride_out, stride_tables,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     IEEE: tl.constexpr,
@@ -96,9 +105,10 @@ def _paged_decode_kernel(
     running_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     running_sum = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], tl.float32)
-    for start in range(0, context_len, BLOCK_N):
+    first = tl.maximum(context_len - window, 0)  # the query sits at context_len - 1
+    for start in range(first // BLOCK_N * BLOCK_N, context_len, BLOCK_N):  # tiles before the window: never read
         positions = start + tl.arange(0, BLOCK_N)
-        valid = positions < context_len
+        valid = (positions < context_len) & (positions >= first)
         running_max, running_sum, acc = _attend_block(
             q, running_max, running_sum, acc, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_tables,
             kv_head, positions, valid, valid[None, :], scale, KV_HEADS, HEAD_DIM, BLOCK_SIZE, IEEE, dims, dim_mask,
@@ -109,14 +119,16 @@ def _paged_decode_kernel(
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                 context_lens: torch.Tensor, scale: float, out: torch.Tensor, block_n: int = 32) -> None:
-    """q/out [seqs, heads, head_dim], one query token per sequence."""
+                 context_lens: torch.Tensor, scale: float, out: torch.Tensor, sliding_window: int | None = None,
+                 block_n: int = 32) -> None:
+    """q/out [seqs, heads, head_dim], one query token per sequence; with ``sliding_window``
+    each sees only the last that many keys."""
     seqs, heads, head_dim = q.shape
     kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     group = heads // kv_heads
     _paged_decode_kernel[(seqs, kv_heads)](
         q, k_cache, v_cache, block_tables, context_lens, out,
-        scale, q.stride(0), out.stride(0), block_tables.stride(0),
+        scale, _window(sliding_window), q.stride(0), out.stride(0), block_tables.stride(0),
         KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_SIZE=block_size, BLOCK_N=block_n, IEEE=q.dtype == torch.float32,
@@ -126,7 +138,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
 @triton.jit
 def _paged_prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, query_start_ptr, out_ptr,
-    scale, first_seq, stride_q, stride_out, stride_tables,
+    scale, window, first_seq, stride_q, stride_out, stride_tables,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
@@ -154,10 +166,12 @@ def _paged_prefill_kernel(
         running_sum = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
         end = tl.minimum(context_len, context_len - query_len + first_row + BLOCK_M)
-        for start in range(0, end, BLOCK_N):
+        first = tl.maximum(context_len - query_len + first_row - window + 1, 0)  # the first row's first key
+        for start in range(first // BLOCK_N * BLOCK_N, end, BLOCK_N):
             positions = start + tl.arange(0, BLOCK_N)
-            valid = positions < end
-            visible = valid[None, :] & (positions[None, :] <= query_positions[:, None])
+            valid = (positions < end) & (positions >= first)
+            visible = (valid[None, :] & (positions[None, :] <= query_positions[:, None])
+                       & (positions[None, :] > query_positions[:, None] - window))
             running_max, running_sum, acc = _attend_block(
                 q, running_max, running_sum, acc, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_tables,
                 kv_head, positions, valid, visible, scale, KV_HEADS, HEAD_DIM, BLOCK_SIZE, IEEE, dims, dim_mask,
@@ -169,15 +183,17 @@ def _paged_prefill_kernel(
 
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                   context_lens: torch.Tensor, query_start_loc: torch.Tensor, first_seq: int, num_seqs: int,
-                  max_query_len: int, scale: float, out: torch.Tensor, block_m: int = 16, block_n: int = 32) -> None:
+                  max_query_len: int, scale: float, out: torch.Tensor, sliding_window: int | None = None,
+                  block_m: int = 16, block_n: int = 32) -> None:
     """Attention for sequences ``first_seq .. first_seq + num_seqs`` of a flat batch
-    (q/out [tokens, heads, head_dim]), each attending to its whole cached context."""
+    (q/out [tokens, heads, head_dim]), each attending to its cached context (its last
+    ``sliding_window`` keys when set)."""
     heads, head_dim = q.shape[1], q.shape[2]
     kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     grid = (num_seqs, heads, triton.cdiv(max_query_len, block_m))
     _paged_prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, context_lens, query_start_loc, out,
-        scale, first_seq, q.stride(0), out.stride(0), block_tables.stride(0),
+        scale, _window(sliding_window), first_seq, q.stride(0), out.stride(0), block_tables.stride(0),
         KV_HEADS=kv_heads, GROUP=heads // kv_heads,
         HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), BLOCK_SIZE=block_size,
         BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32,

@@ -99,7 +99,8 @@ inline void softmax_rows(float* scores, int64_t group, int64_t length, float* in
 
 template <typename T, typename Block>
 void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
-            const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale) {
+            const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale,
+            int64_t window) {
   const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
   const int64_t kv_heads = k_cache.size(0), num_blocks = k_cache.size(1), block_size = k_cache.size(2);
   const int64_t group = num_heads / kv_heads, table_width = block_tables.size(1);
@@ -115,13 +116,17 @@ void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor
     Block block(block_elems);
     std::vector<float> queries(group * head_dim), acc(group * head_dim), inverse_sums(group), scores;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t seq = item / kv_heads, head = item % kv_heads, length = lens[seq];
+      const int64_t seq = item / kv_heads, head = item % kv_heads, context_len = lens[seq];
       const int32_t* table = tables + seq * table_width;
       const int64_t first_query = (seq * num_heads + head * group) * head_dim;
-      if (length <= 0) {  // nothing to attend to: a zero output rather than a read of row[-1]
+      if (context_len <= 0) {  // nothing to attend to: a zero output rather than a read of row[-1]
         std::fill(o + first_query, o + first_query + group * head_dim, static_cast<T>(0.f));
         continue;
       }
+      // the keys the query (at context_len - 1) sees: all, or the window's last ones;
+      // blocks wholly before the window are never read
+      const int64_t first = window > 0 ? std::max<int64_t>(0, context_len - window) : 0;
+      const int64_t length = context_len - first;
       load_floats(q + first_query, queries.data(), group * head_dim);
       for (auto& x : queries) x *= scale;
       scores.resize(group * length);
@@ -130,20 +135,24 @@ void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor
 
       // blocks sit at random places in the cache, so the hardware prefetcher cannot
       // see the next one coming; without this, loads stall on every block start
-      const int64_t last_block = (length - 1) / block_size;
-      for (int64_t start = 0; start < length; start += block_size) {
-        const int64_t index = start / block_size;
+      const int64_t last_block = (context_len - 1) / block_size;
+      for (int64_t position = first; position < context_len;) {
+        const int64_t index = position / block_size, offset = position % block_size;
+        const int64_t rows = std::min(block_size - offset, context_len - position);
         prefetch(k_head + table[std::min(index + 1, last_block)] * block_elems, block_elems * sizeof(T));
-        block.score(k_head + table[index] * block_elems, std::min(block_size, length - start), queries.data(), group,
-                    head_dim, &scores[start], length);
+        block.score(k_head + table[index] * block_elems + offset * head_dim, rows, queries.data(), group, head_dim,
+                    &scores[position - first], length);
+        position += rows;
       }
       softmax_rows(scores.data(), group, length, inverse_sums.data());
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t start = 0; start < length; start += block_size) {
-        const int64_t index = start / block_size;
+      for (int64_t position = first; position < context_len;) {
+        const int64_t index = position / block_size, offset = position % block_size;
+        const int64_t rows = std::min(block_size - offset, context_len - position);
         prefetch(v_head + table[std::min(index + 1, last_block)] * block_elems, block_elems * sizeof(T));
-        block.accumulate(v_head + table[index] * block_elems, std::min(block_size, length - start), &scores[start],
+        block.accumulate(v_head + table[index] * block_elems + offset * head_dim, rows, &scores[position - first],
                          group, head_dim, acc.data(), length);
+        position += rows;
       }
 
       for (int64_t g = 0; g < group; ++g)
@@ -156,7 +165,7 @@ void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor
 template <typename T>
 void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale,
-                       bool generic_only) {
+                       int64_t window, bool generic_only) {
   // a row of K or V in registers (AVX2's 16 hold a 64-wide row and the operands; wider rows spill)
 #if defined(__AVX512F__)
   using V = Avx512Floats;
@@ -166,22 +175,22 @@ void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
   if (!generic_only) {
     switch (query.size(2) % V::kWidth ? 0 : query.size(2) / V::kWidth) {
-      case 2: return decode<T, VectorBlock<T, V, 2>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
-      case 4: return decode<T, VectorBlock<T, V, 4>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
-      case 8: return decode<T, VectorBlock<T, V, 8>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
-      case 16: return decode<T, VectorBlock<T, V, 16>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+      case 2: return decode<T, VectorBlock<T, V, 2>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 4: return decode<T, VectorBlock<T, V, 4>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 8: return decode<T, VectorBlock<T, V, 8>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 16: return decode<T, VectorBlock<T, V, 16>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
       default: break;
     }
   }
 #endif
-  decode<T, GenericBlock<T>>(query, k_cache, v_cache, block_tables, context_lens, out, scale);
+  decode<T, GenericBlock<T>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
 }
 
 }  // namespace
 
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
-                                  bool generic_only) {
+                                  int64_t window, bool generic_only) {
   TORCH_CHECK(query.dim() == 3 && k_cache.dim() == 4, "query [seqs, heads, head_dim], cache [kv_heads, blocks, block, head_dim]");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "the KV cache must be contiguous");
   TORCH_CHECK(query.scalar_type() == k_cache.scalar_type() && v_cache.scalar_type() == k_cache.scalar_type(),
@@ -195,11 +204,11 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
   const at::Tensor lens = context_lens.contiguous();
   at::Tensor out = at::empty_like(q);
   switch (q.scalar_type()) {  // no double: the AVX-512 code has no double loads, and no model runs in double
-    case at::kFloat: dispatch_head_dim<float>(q, k_cache, v_cache, tables, lens, out, scale, generic_only); break;
+    case at::kFloat: dispatch_head_dim<float>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only); break;
     case at::kBFloat16:
-      dispatch_head_dim<at::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, generic_only);
+      dispatch_head_dim<at::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only);
       break;
-    case at::kHalf: dispatch_head_dim<at::Half>(q, k_cache, v_cache, tables, lens, out, scale, generic_only); break;
+    case at::kHalf: dispatch_head_dim<at::Half>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only); break;
     default: TORCH_CHECK(false, "paged_decode_attention: unsupported dtype ", q.scalar_type());
   }
   return out;

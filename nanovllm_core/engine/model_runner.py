@@ -118,6 +118,9 @@ class ModelRunner:
         layer = self.attention_layers[0]
         backend_cls = select_attention_backend(config.attention_backend, self.device)
         self.backend = backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, self.block_size)
+        if any(layer.sliding_window for layer in self.attention_layers) and not backend_cls.supports_sliding_window:
+            raise ValueError(f"{hf_config.architectures[0]} has sliding-window layers, which attention backend "
+                             f"{backend_cls.name!r} does not support; use torch, cpu, triton or flash-attn")
         # an encoder's layers attend within the step and cache nothing
         self.keeps_kv = any(layer.causal for layer in self.attention_layers)
         self.num_blocks = self._allocate_kv_cache() if self.keeps_kv else self._attend_without_cache()
