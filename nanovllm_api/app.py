@@ -101,7 +101,8 @@ def build_app(config: ServerConfig) -> FastAPI:
 
     async def finish_loading() -> None:
         if await asyncio.to_thread(engine.wait_ready) and engine.model_info.task == "generate":
-            ctx.chat_template = resolve_chat_template(config.chat_template, engine.model_info.tokenizer)
+            ctx.chat_template = resolve_chat_template(config.chat_template, engine.model_info.tokenizer,
+                                                     engine.model_info.default_chat_template)
             ctx.tool_parser = resolve_parser(config.tool_call_parser, ctx.chat_template)
             logger.info("tool-call parser: %s", type(ctx.tool_parser).__name__)
 

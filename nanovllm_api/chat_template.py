@@ -21,14 +21,16 @@ logger = logging.getLogger(__name__)
 FALLBACK_TEMPLATE = "chatml"
 
 
-def resolve_chat_template(option: str | None, tokenizer) -> str:
-    """``option`` is a registered template name, a file path, or None for the model's own."""
+def resolve_chat_template(option: str | None, tokenizer, model_default: str | None = None) -> str:
+    """``option`` is a registered template name, a file path, or None for the model's own:
+    the checkpoint's, else the one its model class names (``model_default``), else ChatML."""
     registry = plugins.chat_templates()
     if option is None:
         if tokenizer.chat_template:
             return tokenizer.chat_template
-        logger.warning("the model has no chat template; using %r", FALLBACK_TEMPLATE)
-        return registry.get(FALLBACK_TEMPLATE)
+        fallback = model_default or FALLBACK_TEMPLATE
+        logger.warning("the checkpoint has no chat template; using %r", fallback)
+        return registry.get(fallback)
     if option in registry:
         return registry.get(option)
     path = Path(option).expanduser()

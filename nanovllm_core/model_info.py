@@ -25,6 +25,8 @@ class ModelInfo:
     task: str = "generate"  # or "embed": which requests the model serves
     embedding_size: int | None = None  # for embed: the full length of its vectors
     matryoshka: bool = False  # for embed: whether `dimensions` may shorten them
+    # the registered chat template the model class names for checkpoints without one
+    default_chat_template: str | None = None
 
     def check_task(self, task: str) -> None:
         """InvalidRequestError unless the model serves requests of ``task``."""

@@ -47,6 +47,7 @@ class LLMEngine:
         self.source = resolve_model(config.model, need_weights=config.load_format != "dummy")
         self.hf_config = self.source.load_config()
         self.tokenizer = None if config.skip_tokenizer_init else self.source.load_tokenizer(config.tokenizer)
+        self.model_cls = plugins.model_architectures().get(self.hf_config.architectures[0])
         self.eos_token_ids = self._eos_token_ids()
         self.task, pooler_config = self._resolve_task()
         self.runner = ModelRunner(config, self.source, self.hf_config, self.eos_token_ids, pooler_config)
@@ -60,6 +61,7 @@ class LLMEngine:
         self.model_info = ModelInfo(
             self.max_model_len, self.hf_config.vocab_size, self.tokenizer, self._sampling_defaults(), self.task,
             self.hf_config.hidden_size if self.task == "embed" else None, _matryoshka(self.hf_config),
+            getattr(self.model_cls, "default_chat_template", None),
         )
         self.requests: dict[str, RequestState] = {}
         self._seeds = random.Random(config.seed)
@@ -83,8 +85,7 @@ class LLMEngine:
     def _resolve_task(self) -> tuple[str, PoolerConfig | None]:
         """generate or embed, and for embed how to pool: the checkpoint's sentence-transformers
         files, else the model class's preference (last token), normalised either way."""
-        model_cls = plugins.model_architectures().get(self.hf_config.architectures[0])
-        can_generate = hasattr(model_cls, "compute_logits")
+        can_generate = hasattr(self.model_cls, "compute_logits")
         pooler_config = self.source.load_pooler_config()
         task = self.config.task
         if task == "auto":
@@ -95,7 +96,7 @@ class LLMEngine:
         if task == "generate":
             return task, None
         if pooler_config is None:
-            pooler_config = PoolerConfig(getattr(model_cls, "default_pooler", "last"), normalize=True)
+            pooler_config = PoolerConfig(getattr(self.model_cls, "default_pooler", "last"), normalize=True)
         if self.config.pooler != "auto":
             pooler_config = PoolerConfig(self.config.pooler, pooler_config.normalize)
         plugins.poolers().get(pooler_config.pooler)  # an unknown name fails here, naming the installed ones
@@ -124,9 +125,15 @@ class LLMEngine:
         return {} if self.source.is_gguf or not path.is_file() else json.loads(path.read_text())
 
     def _eos_token_ids(self) -> set[int]:
+        """The checkpoint's EOS ids (config, tokenizer, generation_config.json), and the ids of the
+        model class's ``stop_tokens`` that the vocabulary has (GGUF files name a single EOS)."""
         ids: set[int] = set()
         candidates = [self.hf_config.eos_token_id, getattr(self.tokenizer, "eos_token_id", None),
                       self._generation_config().get("eos_token_id")]
+        if self.tokenizer is not None:
+            vocabulary = self.tokenizer.get_vocab()
+            candidates.append([vocabulary[token] for token in getattr(self.model_cls, "stop_tokens", ())
+                               if token in vocabulary])
         for candidate in candidates:
             if isinstance(candidate, int):
                 ids.add(candidate)

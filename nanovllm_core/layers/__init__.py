@@ -1,7 +1,7 @@
 """Building blocks for model plugins: reuse these and the engine's KV cache,
 attention backends and tensor parallelism work with your model unchanged."""
 
-from nanovllm_core.layers.activation import SiluAndMul
+from nanovllm_core.layers.activation import GeluAndMul, SiluAndMul
 from nanovllm_core.layers.attention import Attention
 from nanovllm_core.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from nanovllm_core.layers.layernorm import RMSNorm
@@ -17,6 +17,7 @@ from nanovllm_core.layers.rotary import RotaryEmbedding, get_rope
 __all__ = [
     "Attention",
     "ColumnParallelLinear",
+    "GeluAndMul",
     "MergedColumnParallelLinear",
     "ParallelLMHead",
     "QKVParallelLinear",

@@ -69,8 +69,8 @@ def get_rope(
     ``freq_factors`` divide the frequencies one by one: GGUF's ``rope_freqs`` tensor, which is
     how llama.cpp's files carry Llama 3's scaling (``rope_freq_factors`` on a GGUF's config)."""
     kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
-    if kind not in ("default", "llama3"):
-        raise NotImplementedError(f"rope_scaling type {kind!r} is not supported (supported: default, llama3)")
+    if kind not in ("default", "linear", "llama3"):
+        raise NotImplementedError(f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3)")
     key = (head_dim, max_position, base, kind, _freeze(rope_scaling), _freeze(freq_factors),
            str(torch.get_default_device()))
     if key not in _shared_ropes:
@@ -78,6 +78,8 @@ def get_rope(
             inv_freq = _llama3_inv_freq(head_dim, base, rope_scaling)
         else:
             inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        if kind == "linear":  # positions divided by the factor (Gemma 3's global layers from 4B on)
+            inv_freq = inv_freq / rope_scaling["factor"]
         if freq_factors is not None:
             inv_freq = inv_freq / torch.tensor(freq_factors, dtype=torch.float32)
         _shared_ropes[key] = RotaryEmbedding(head_dim, max_position, base, inv_freq)

@@ -2,9 +2,11 @@
 
 transformers reads a GGUF's config and its tokenizer by parsing the whole file's
 metadata (every vocabulary entry through numpy): seconds each, on every start, and
-again in every tensor-parallel worker. The first load of a file writes them out as
-an ordinary model directory (config.json, the tokenizer's files, and nanovllm.json
-for what transformers' config does not carry); later loads read that directory. It
+again in every tensor-parallel worker; so does gguf's reader before it can find a
+tensor (12 s for Gemma 3's 262k-entry vocabulary). The first load of a file writes
+them out as an ordinary model directory (config.json, the tokenizer's files, and
+nanovllm.json for what transformers' config does not carry, with where each tensor
+lies in the file); later loads read that directory. It
 is keyed by the file's path, size and modification time and by the transformers
 version, so a changed file or library converts again.
 """
@@ -24,11 +26,11 @@ import transformers
 from gguf import GGUFReader
 from transformers import AutoConfig, AutoTokenizer
 
-from nanovllm_core.loader.gguf_weights import gguf_config_extras, gguf_quantization
+from nanovllm_core.loader.gguf_weights import gguf_config_extras, gguf_quantization, gguf_tensor_table
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when what a converted directory holds changes
+CACHE_FORMAT = 2  # bump when what a converted directory holds changes
 SETTINGS_FILE = "nanovllm.json"
 
 
@@ -81,7 +83,7 @@ def _convert(path: Path, directory: Path) -> None:
     for name, value in gguf_config_extras(reader).items():
         setattr(config, name, value)
     config.save_pretrained(directory)
-    settings = {"quantization": gguf_quantization(reader)}
+    settings = {"quantization": gguf_quantization(reader), "tensors": gguf_tensor_table(reader)}
     try:
         AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(directory)
     except ValueError as error:  # a file without a vocabulary serves with skip_tokenizer_init only
@@ -90,6 +92,7 @@ def _convert(path: Path, directory: Path) -> None:
 
 
 def gguf_settings(path: Path) -> dict:
-    """What nanovllm read from the file beyond transformers' config: its ``quantization``, and
-    ``tokenizer_error`` if the file has no tokenizer transformers can build."""
+    """What nanovllm read from the file beyond transformers' config: its ``quantization``, its
+    ``tensors`` (``gguf_tensor_table``), and ``tokenizer_error`` if the file has no tokenizer
+    transformers can build."""
     return json.loads((converted_gguf(path) / SETTINGS_FILE).read_text())

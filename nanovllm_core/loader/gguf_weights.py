@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 # GGUF name (with N for the layer) -> HF name
@@ -36,12 +36,12 @@ LAYER_NUMBER = re.compile(r"^blk\.(\d+)\.")
 CONFIG_TENSORS = {"rope_freqs.weight"}
 
 
-def hf_name(gguf_name: str) -> str:
+def hf_name(gguf_name: str, names: dict[str, str] = GGUF_TO_HF) -> str:
     match = LAYER_NUMBER.match(gguf_name)
     key = LAYER_NUMBER.sub("blk.N.", gguf_name) if match else gguf_name
-    if key not in GGUF_TO_HF:
+    if key not in names:
         raise ValueError(f"GGUF tensor {gguf_name!r} is not supported")
-    name = GGUF_TO_HF[key]
+    name = names[key]
     return name.replace(".N.", f".{match.group(1)}.") if match else name
 
 
@@ -82,21 +82,42 @@ def gguf_quantization(reader: GGUFReader) -> str:
     return max(counts, key=counts.get)
 
 
-def gguf_weights(path: Path, config) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
-    """The number of tensors, and an iterator over them."""
-    reader = GGUFReader(path)
-    weights = [t for t in reader.tensors if t.name not in CONFIG_TENSORS]
-    return len(weights), _iterate(weights, config)
+def gguf_tensor_table(reader: GGUFReader) -> list[dict]:
+    """Where each weight lies in the file and how to read it, so that loading needs no
+    GGUFReader (which parses all the metadata first): name, GGML type, the numpy dtype
+    and shape of its raw data, and its byte offset."""
+    return [{"name": t.name, "type": int(t.tensor_type), "dtype": t.data.dtype.str, "shape": list(t.data.shape),
+             "offset": int(t.data_offset)}
+            for t in reader.tensors if t.name not in CONFIG_TENSORS]
 
 
-def _iterate(tensors: list, config) -> Iterator[tuple[str, torch.Tensor]]:
+def gguf_weights(path: Path, table: list[dict], config,
+                 model_cls: type | None = None) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
+    """The number of tensors in ``table`` (``gguf_tensor_table``), and an iterator over them
+    in Hugging Face's names and conventions.
+
+    Where llama.cpp's converter departs from its Llama conventions for an architecture,
+    the model class says how to undo it: ``gguf_tensor_names`` adds or overrides entries
+    of ``GGUF_TO_HF`` (same ``blk.N.`` form), and ``from_gguf(hf_name, tensor)`` returns a
+    tensor as the Hugging Face checkpoint holds it (Gemma's norms are stored as 1 + w)."""
+    names = {**GGUF_TO_HF, **getattr(model_cls, "gguf_tensor_names", {})}
+    return len(table), _iterate(np.memmap(path, mode="r"), table, config, names, getattr(model_cls, "from_gguf", None))
+
+
+def _iterate(file: np.memmap, table: list[dict], config, names: dict[str, str],
+             convert) -> Iterator[tuple[str, torch.Tensor]]:
     # llama.cpp permutes q/k for the Llama architecture only
     permute = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
     needs_unpermute = config.model_type == "llama"
-    for tensor in tensors:
-        array = dequantize(tensor.data, tensor.tensor_type)
-        kind = tensor.name.split(".")[-2] if tensor.name.startswith("blk.") else ""
-        if needs_unpermute and kind in permute and tensor.name.endswith(".weight"):
+    for entry in table:
+        dtype, shape = np.dtype(entry["dtype"]), entry["shape"]
+        size = int(np.prod(shape)) * dtype.itemsize
+        data = file[entry["offset"]:entry["offset"] + size].view(dtype).reshape(shape)
+        array = dequantize(data, GGMLQuantizationType(entry["type"]))
+        kind = entry["name"].split(".")[-2] if entry["name"].startswith("blk.") else ""
+        if needs_unpermute and kind in permute and entry["name"].endswith(".weight"):
             array = unpermute_rotary(array, permute[kind])
+        name = hf_name(entry["name"], names)
         # a copy: unquantized tensors come back as read-only views of the mapped file
-        yield hf_name(tensor.name), torch.from_numpy(np.array(array, dtype=np.float32))
+        weight = torch.from_numpy(np.array(array, dtype=np.float32))
+        yield name, (weight if convert is None else convert(name, weight))

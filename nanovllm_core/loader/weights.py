@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
+from nanovllm_core.loader.gguf_metadata import gguf_settings
 from nanovllm_core.loader.gguf_weights import gguf_weights
 from nanovllm_core.loader.source import ModelSource
 
@@ -38,7 +39,10 @@ def _iterate_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]
 
 
 def load_model_weights(model: nn.Module, source: ModelSource, config) -> None:
-    total, weights = gguf_weights(source.path, config) if source.is_gguf else safetensors_weights(source.path)
+    if source.is_gguf:
+        total, weights = gguf_weights(source.path, gguf_settings(source.path)["tensors"], config, type(model))
+    else:
+        total, weights = safetensors_weights(source.path)
     progress = tqdm(weights, total=total, desc=f"Loading {source.name}", unit="tensor", leave=False)
     custom_loader = getattr(model, "load_weights", None)
     if custom_loader is not None:
