@@ -45,7 +45,16 @@ def register_model_architectures(register):
       (``"last"`` if absent);
     - either ``packed_modules_mapping`` (checkpoint name fragment ->
       ``(fused parameter fragment, shard id)``), used by the generic loader, or
-      its own ``load_weights(weights)`` taking ``(name, tensor)`` pairs.
+      its own ``load_weights(weights)`` taking ``(name, tensor)`` pairs;
+    - optionally, for GGUF files whose llama.cpp converter departs from its
+      Llama conventions: ``gguf_tensor_names`` (extra ``"blk.N.x.weight" ->
+      "model.layers.N.y.weight"`` entries) and ``from_gguf(name, tensor)``
+      (the tensor as the Hugging Face checkpoint holds it);
+    - optionally ``default_chat_template`` (a registered template's name, for
+      checkpoints that carry none) and ``stop_tokens`` (token strings that end
+      generation as EOS does, e.g. the chat format's end of turn).
+
+    Local attention layers pass ``sliding_window=W`` to ``Attention``.
     """
 
 
@@ -57,7 +66,10 @@ def register_attention_backends(register):
     The target is a subclass of ``nanovllm_core.attention.AttentionBackend``:
     it declares the devices it runs on, the KV-cache layout it wants, and
     computes attention for a flat batch of prefill chunks and decodes over the
-    paged KV cache, described by ``AttentionMetadata``.
+    paged KV cache, described by ``AttentionMetadata``. A backend that honours
+    a layer's sliding window (the ``sliding_window`` keyword of ``forward``)
+    sets ``supports_sliding_window = True``; models with windowed layers refuse
+    the others.
     """
 
 
