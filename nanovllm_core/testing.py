@@ -5,6 +5,8 @@
   with random weights, saved as a real HF checkpoint (safetensors + tokenizer).
 - ``LogitsRecorder``: a greedy sampler that keeps every logits row it sees, keyed
   by the request's seed, for numerical parity tests against transformers.
+- ``check_logits_match_transformers(checkpoint, prompts, ...)``: the parity test
+  itself, for one of ``CPU_PARITY_SETTINGS`` (attention backend, block size, step budget).
 - ``check_tool_call_parser(parser, tools, calls, tokenizer)``: assert what the
   server relies on from a tool-call parser.
 """
@@ -63,6 +65,42 @@ class LogitsRecorderPlugin:
     @hookimpl
     def register_samplers(self, register):
         register("record-logits", LogitsRecorder)
+
+
+# what a model's parity test covers on a CPU: (attention backend, block_size, max_num_batched_tokens)
+CPU_PARITY_SETTINGS = [
+    ("torch", 16, 2048),
+    ("torch", 4, 24),  # crosses many block boundaries and prefills in chunks beside decodes
+    ("cpu", 4, 24),  # the C++ decode kernel
+    ("triton", 4, 24),  # the triton kernels, interpreted on a CPU (TRITON_INTERPRET=1)
+]
+
+
+def check_logits_match_transformers(checkpoint: str | Path, prompts: list[list[int]], attention_backend: str,
+                                    block_size: int, max_num_batched_tokens: int, decode_steps: int = 10,
+                                    atol: float = 2e-4, **llm_settings) -> None:
+    """Assert that the logits of every step (prefill, then ``decode_steps`` greedy decodes) of
+    each prompt, run together in float32, equal transformers' ``generate`` on the checkpoint
+    within ``atol`` (float32 on both sides: the difference is summation order only)."""
+    from transformers import AutoModelForCausalLM
+
+    from nanovllm_core import LLM, SamplingParams
+
+    LogitsRecorder.records.clear()
+    with registered_plugin(LogitsRecorderPlugin()):
+        llm = LLM(str(checkpoint), dtype="float32", sampler="record-logits", attention_backend=attention_backend,
+                  block_size=block_size, max_num_batched_tokens=max_num_batched_tokens, **llm_settings)
+        params = [SamplingParams(max_tokens=decode_steps, ignore_eos=True, seed=i) for i in range(len(prompts))]
+        llm.generate(prompts, params, use_tqdm=False)
+        llm.shutdown()
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    for seed, prompt in enumerate(prompts):
+        out = reference.generate(torch.tensor([prompt]), max_new_tokens=decode_steps, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
+        expected = torch.stack([step[0] for step in out.logits])
+        ours = torch.stack(LogitsRecorder.records[seed])
+        assert ours.shape == expected.shape
+        torch.testing.assert_close(ours, expected, atol=atol, rtol=0)
 
 
 def check_tool_call_parser(

@@ -6,11 +6,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from nanovllm_core import LLM, SamplingParams
-from nanovllm_core.testing import LogitsRecorder, LogitsRecorderPlugin, registered_plugin
+from nanovllm_core.testing import CPU_PARITY_SETTINGS, check_logits_match_transformers
 from tiny_models import make_tiny_checkpoint
 
 ARCHITECTURES = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
-DECODE_STEPS = 10
 # float32 on both sides; the difference is summation order only
 ATOL = 2e-4
 
@@ -20,49 +19,11 @@ def checkpoint(request, tmp_path_factory, smollm2_tokenizer):
     return make_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param), smollm2_tokenizer)
 
 
-def reference_logits(checkpoint, prompt_ids: list[int]) -> torch.Tensor:
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    out = model.generate(
-        torch.tensor([prompt_ids]),
-        max_new_tokens=DECODE_STEPS,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
-    return torch.stack([step[0] for step in out.logits])
-
-
-@pytest.mark.parametrize(
-    "attention_backend,block_size,max_num_batched_tokens",
-    [
-        ("torch", 16, 2048),
-        ("torch", 4, 24),  # crosses many block boundaries and prefills in chunks beside decodes
-        ("cpu", 4, 24),  # the C++ decode kernel
-        ("triton", 4, 24),  # the triton kernels, interpreted on a CPU
-    ],
-)
+@pytest.mark.parametrize("attention_backend,block_size,max_num_batched_tokens", CPU_PARITY_SETTINGS)
 def test_logits_match_transformers(checkpoint, attention_backend, block_size, max_num_batched_tokens):
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 40000, (n,), generator=generator).tolist() for n in (7, 33, 58)]
-    LogitsRecorder.records.clear()
-    with registered_plugin(LogitsRecorderPlugin()):
-        llm = LLM(
-            str(checkpoint),
-            dtype="float32",
-            sampler="record-logits",
-            attention_backend=attention_backend,
-            block_size=block_size,
-            max_num_batched_tokens=max_num_batched_tokens,
-        )
-        params = [SamplingParams(max_tokens=DECODE_STEPS, ignore_eos=True, seed=i) for i in range(len(prompts))]
-        llm.generate(prompts, params, use_tqdm=False)
-    for seed, prompt in enumerate(prompts):
-        ours = torch.stack(LogitsRecorder.records[seed])
-        expected = reference_logits(checkpoint, prompt)
-        assert ours.shape == expected.shape
-        torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
+    check_logits_match_transformers(checkpoint, prompts, attention_backend, block_size, max_num_batched_tokens)
 
 
 def test_prompt_logprobs_match_transformers(checkpoint):

@@ -6,6 +6,7 @@ from nanovllm_core.layers.attention import Attention
 from nanovllm_core.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from nanovllm_core.layers.layernorm import RMSNorm
 from nanovllm_core.layers.linear import (
+    FUSED_QKV_GATE_UP,
     ColumnParallelLinear,
     MergedColumnParallelLinear,
     QKVParallelLinear,
@@ -15,6 +16,7 @@ from nanovllm_core.layers.linear import (
 from nanovllm_core.layers.rotary import RotaryEmbedding, get_rope
 
 __all__ = [
+    "FUSED_QKV_GATE_UP",
     "Attention",
     "ColumnParallelLinear",
     "GeluAndMul",

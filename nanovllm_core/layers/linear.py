@@ -114,6 +114,17 @@ class QKVParallelLinear(ColumnParallelLinear):
         param.data.narrow(0, offset, size).copy_(loaded)
 
 
+# ``packed_modules_mapping`` for models that fuse Hugging Face's q/k/v_proj into a
+# QKVParallelLinear named qkv_proj and gate/up_proj into a MergedColumnParallelLinear named gate_up_proj
+FUSED_QKV_GATE_UP = {
+    "q_proj": ("qkv_proj", "q"),
+    "k_proj": ("qkv_proj", "k"),
+    "v_proj": ("qkv_proj", "v"),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+
+
 class RowParallelLinear(LinearBase):
     """Each rank holds a slice of the inputs; partial outputs are summed across ranks."""
 

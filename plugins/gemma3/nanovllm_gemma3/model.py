@@ -18,6 +18,7 @@ from torch import nn
 
 from nanovllm_core.distributed import get_tp_size
 from nanovllm_core.layers import (
+    FUSED_QKV_GATE_UP,
     Attention,
     GeluAndMul,
     MergedColumnParallelLinear,
@@ -151,13 +152,7 @@ class Gemma3Model(nn.Module):
 
 
 class Gemma3ForCausalLM(nn.Module):
-    packed_modules_mapping = {
-        "q_proj": ("qkv_proj", "q"),
-        "k_proj": ("qkv_proj", "k"),
-        "v_proj": ("qkv_proj", "v"),
-        "gate_proj": ("gate_up_proj", 0),
-        "up_proj": ("gate_up_proj", 1),
-    }
+    packed_modules_mapping = FUSED_QKV_GATE_UP
     # llama.cpp's names for the norms a Llama layer does not have (its ffn_norm is Gemma's pre-MLP norm)
     gguf_tensor_names = {
         "blk.N.post_attention_norm.weight": "model.layers.N.post_attention_layernorm.weight",

@@ -1,5 +1,9 @@
 """`nanovllm-api --model <the Gemma 3 GGUF>` chats through the official openai
-client in Gemma's turn format, which the plugin supplies for a file without a template."""
+client in Gemma's turn format, which the plugin supplies for a file without a
+template; `--list-plugins` names the plugin's distribution."""
+
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -49,3 +53,10 @@ def test_chat_completion_with_the_openai_client(server):
     chunks = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=8, temperature=0, stream=True)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == \
         reply.choices[0].message.content
+
+
+def test_list_plugins_names_the_distribution():
+    listing = subprocess.run([sys.executable, "-m", "nanovllm_api", "--list-plugins"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert any(line.split() == ["Gemma3ForCausalLM", "nanovllm-gemma3"] for line in listing)
+    assert any(line.split() == ["gemma", "nanovllm-gemma3"] for line in listing)

@@ -12,6 +12,7 @@ from torch import nn
 
 from nanovllm_core.distributed import get_tp_size
 from nanovllm_core.layers import (
+    FUSED_QKV_GATE_UP,
     Attention,
     MergedColumnParallelLinear,
     ParallelLMHead,
@@ -121,13 +122,7 @@ class DecoderModel(nn.Module):
 
 class DecoderForCausalLM(nn.Module):
     qk_norm = False
-    packed_modules_mapping = {
-        "q_proj": ("qkv_proj", "q"),
-        "k_proj": ("qkv_proj", "k"),
-        "v_proj": ("qkv_proj", "v"),
-        "gate_proj": ("gate_up_proj", 0),
-        "up_proj": ("gate_up_proj", 1),
-    }
+    packed_modules_mapping = FUSED_QKV_GATE_UP
 
     def __init__(self, config):
         super().__init__()
