@@ -40,3 +40,29 @@ def test_an_unwritable_cache_still_loads(tmp_path, monkeypatch, smollm2_path):
     monkeypatch.setenv("NANOVLLM_CACHE_DIR", str(blocker))
     assert resolve_model(str(smollm2_path)).load_config().num_hidden_layers == 30
     assert converted_gguf(smollm2_path) == converted_gguf(smollm2_path)  # converted once in this process
+
+
+def test_weights_load_from_the_cached_table_as_gguf_reads_them(smollm2_path, monkeypatch):
+    """Loading locates each tensor from the cached table, without gguf's reader (which parses
+    every vocabulary entry first), and reads exactly what the reader gives."""
+    import gguf
+    import numpy as np
+    from gguf.quants import dequantize
+
+    from nanovllm_core.loader.gguf_metadata import gguf_settings
+    from nanovllm_core.loader.gguf_weights import gguf_weights, hf_name
+
+    source = resolve_model(str(smollm2_path))
+    config, table = source.load_config(), gguf_settings(smollm2_path)["tensors"]
+    expected = {hf_name(t.name): dequantize(t.data, t.tensor_type) for t in gguf.GGUFReader(smollm2_path).tensors}
+
+    def no_reader(*args, **kwargs):
+        raise AssertionError("GGUFReader used after conversion")
+
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", no_reader)
+    config.model_type = "not-llama"  # compare the tensors as stored (llama's q/k rows are reordered on load)
+    total, weights = gguf_weights(smollm2_path, table, config)
+    loaded = dict(weights)
+    assert total == len(loaded) == len(expected) == 272
+    for name, tensor in loaded.items():
+        assert np.array_equal(tensor.numpy(), expected[name]), name
