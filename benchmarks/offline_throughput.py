@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--min-output", type=int, default=64)
     parser.add_argument("--max-output", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], help="nanovllm dtypes to run")
+    parser.add_argument("--dtypes", nargs="+", default=["auto"], help="nanovllm dtypes to run (auto: the engine's default)")
     parser.add_argument("--tensor-parallel-sizes", type=int, nargs="+", default=[1], help="nanovllm TP sizes to run")
     parser.add_argument("--attention-backends", nargs="+", default=["auto"], help="nanovllm attention backends to run")
     parser.add_argument("--hf-dtypes", nargs="*", default=["float32", "bfloat16"], help="transformers dtypes to run (best is the peer)")
