@@ -29,8 +29,10 @@ class TorchAttentionBackend(AttentionBackend):
     def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float,
                 sliding_window: int | None = None):
         self.store(key, value, k_cache, v_cache, metadata.slot_mapping)
-        output = torch.empty_like(query)
         num_decodes = metadata.num_decode_tokens
+        if num_decodes == len(metadata.query_lens_host):  # decodes only: no output to assemble
+            return self._decode(query, k_cache, v_cache, metadata, scale, sliding_window)
+        output = torch.empty_like(query)
         if num_decodes:
             output[:num_decodes] = self._decode(query[:num_decodes], k_cache, v_cache, metadata, scale, sliding_window)
         start = num_decodes

@@ -28,7 +28,7 @@ def linear(
     request in a soak test. Eight sizes per power of two bound the cache at a
     cost of at most 1/8 more rows."""
     if quantized is not None:
-        out = quantized(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+        out = quantized(x) if x.dim() == 2 else quantized(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
         return out if bias is None else out + bias
     rows = x.shape[0]
     if x.device.type != "cpu" or x.dtype == torch.float32 or x.dim() != 2:
