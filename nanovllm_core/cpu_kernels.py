@@ -107,6 +107,14 @@ def paged_decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     )
 
 
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write key/value ``[tokens, kv_heads, head_dim]`` into the head-major caches at
+    ``slot_mapping`` (negative slots are skipped)."""
+    load()
+    torch.ops.nanovllm_cpu.store_kv(key, value, k_cache, v_cache, slot_mapping)
+
+
 # the quantized linears' kernel paths, by the number the C++ code gives each
 QUANTIZED_LINEAR_PATHS = {0: "portable", 1: "avx2", 2: "avx512_vnni", 3: "neon_dot"}
 

@@ -197,6 +197,31 @@ def test_cpu_kernel_matches_torch_with_a_sliding_window(batch, sliding_window):
 
 
 @CPU_ONLY
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_store_writes_what_torchs_does(dtype):
+    """K/V as the model hands them (views into a fused qkv output, rows strided), at scattered
+    slots; a negative slot (padding) writes nothing."""
+    generator = torch.Generator().manual_seed(3)
+    kv_heads, head_dim, tokens = 3, 64, 37
+    fused = torch.randn(tokens, (9 + 2 * kv_heads) * head_dim, generator=generator).to(dtype)
+    _, key, value = fused.split([9 * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    key, value = key.view(tokens, kv_heads, head_dim), value.view(tokens, kv_heads, head_dim)
+    slots = torch.randperm(NUM_BLOCKS * 16, generator=generator)[:tokens]
+    torch_backend, cpu_backend = (cls(9, kv_heads, head_dim, 16) for cls in (TorchAttentionBackend, CpuAttentionBackend))
+    expected = [torch.zeros(torch_backend.kv_cache_shape(NUM_BLOCKS), dtype=dtype) for _ in range(2)]
+    ours = [torch.zeros_like(expected[0]) for _ in range(2)]
+    torch_backend.store(key, value, *expected, slots)
+    cpu_backend.store(key, value, *ours, slots)
+    assert torch.equal(ours[0], expected[0]) and torch.equal(ours[1], expected[1])
+    padded = slots.clone()
+    padded[5] = -1
+    kept = [torch.zeros_like(expected[0]) for _ in range(2)]
+    cpu_backend.store(key, value, *kept, padded)
+    assert torch.equal(kept[0].view(kv_heads, -1, head_dim)[:, slots[5]], torch.zeros(kv_heads, head_dim, dtype=dtype))
+    assert torch.count_nonzero(kept[0]) == torch.count_nonzero(ours[0]) - kv_heads * head_dim
+
+
+@CPU_ONLY
 def test_cpu_kernel_never_reads_blocks_before_the_window():
     """Blocks wholly before the window are skipped: poison them with NaN and the output stays finite and equal."""
     batch = CPU_DECODE_BATCHES[-2]  # contexts of 701, 2, 256 and 257 tokens, blocks of 16

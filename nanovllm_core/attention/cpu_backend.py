@@ -3,7 +3,7 @@
 Decode attention is where the pure-PyTorch path loses most on a CPU: it copies
 each sequence's K/V blocks into a contiguous buffer, then runs a dozen small
 ops per layer. The kernel (csrc/paged_decode.cpp) reads the paged cache in
-place in one parallel loop. Prefills keep the torch path, whose SDPA is
+place in one parallel loop; new K/V are stored by one operator there too. Prefills keep the torch path, whose SDPA is
 efficient for many query tokens.
 """
 
@@ -24,6 +24,9 @@ class CpuAttentionBackend(TorchAttentionBackend):
     def check_available(cls, device: torch.device) -> None:
         super().check_available(device)
         cpu_kernels.load()
+
+    def store(self, key, value, k_cache, v_cache, slot_mapping):
+        cpu_kernels.store_kv(key, value, k_cache, v_cache, slot_mapping)
 
     def _decode(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float, sliding_window: int | None):
         num_seqs = query.shape[0]

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "vec.h"
@@ -187,6 +188,38 @@ void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const
 }
 
 }  // namespace
+
+// The new tokens' K and V written to their slots of the head-major cache, in one
+// operator: the torch path takes two index_copy_ calls and four views per layer,
+// which at one token per step cost more than the copy.
+void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
+              const at::Tensor& slot_mapping) {
+  TORCH_CHECK(key.dim() == 3 && value.dim() == 3 && key.sizes() == value.sizes(), "store_kv: key/value [tokens, kv_heads, head_dim]");
+  TORCH_CHECK(key.stride(2) == 1 && value.stride(2) == 1, "store_kv: head_dim must be contiguous");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes(),
+              "store_kv: contiguous caches [kv_heads, blocks, block_size, head_dim]");
+  TORCH_CHECK(key.scalar_type() == k_cache.scalar_type() && value.scalar_type() == k_cache.scalar_type() &&
+              v_cache.scalar_type() == k_cache.scalar_type(), "store_kv: dtypes differ");
+  const int64_t tokens = key.size(0), kv_heads = key.size(1), head_dim = key.size(2);
+  TORCH_CHECK(k_cache.size(0) == kv_heads && k_cache.size(3) == head_dim, "store_kv: cache and key shapes differ");
+  TORCH_CHECK(slot_mapping.numel() == tokens, "store_kv: one slot per token");
+  const int64_t slots_per_head = k_cache.size(1) * k_cache.size(2), item = key.element_size();
+  const at::Tensor slots = slot_mapping.to(at::kLong).contiguous();
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const char* k = static_cast<const char*>(key.data_ptr());
+  const char* v = static_cast<const char*>(value.data_ptr());
+  char* kc = static_cast<char*>(k_cache.data_ptr());
+  char* vc = static_cast<char*>(v_cache.data_ptr());
+  for (int64_t t = 0; t < tokens; ++t) {
+    TORCH_CHECK(slot[t] < slots_per_head, "store_kv: slot ", slot[t], " is outside the cache");
+    if (slot[t] < 0) continue;  // padding, as in the GPU store
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      const int64_t to = (h * slots_per_head + slot[t]) * head_dim * item;
+      std::memcpy(kc + to, k + (t * key.stride(0) + h * key.stride(1)) * item, head_dim * item);
+      std::memcpy(vc + to, v + (t * value.stride(0) + h * value.stride(1)) * item, head_dim * item);
+    }
+  }
+}
 
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
