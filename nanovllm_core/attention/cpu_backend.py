@@ -3,8 +3,8 @@
 Decode attention is where the pure-PyTorch path loses most on a CPU: it copies
 each sequence's K/V blocks into a contiguous buffer, then runs a dozen small
 ops per layer. The kernel (csrc/paged_decode.cpp) reads the paged cache in
-place in one parallel loop; new K/V are stored by one operator there too. Prefills keep the torch path, whose SDPA is
-efficient for many query tokens.
+place in one parallel loop; new K/V are stored by one operator there too.
+Prefills keep the torch path, whose SDPA is efficient for many query tokens.
 """
 
 from __future__ import annotations
