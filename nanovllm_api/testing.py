@@ -3,6 +3,7 @@
 - ``ServerProcess(*args)``: ``nanovllm-api`` in a subprocess on a free loopback
   port; ``wait_healthy()`` until ``/health`` answers 200, ``stop()`` sends SIGTERM
   and returns the exit status.
+- ``serve(tmp_path_factory, name, *args)``: the body of a module fixture around one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 
@@ -54,3 +56,12 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def serve(tmp_path_factory, name: str, *args: str, **kwargs) -> Iterator[ServerProcess]:
+    """The body of a module fixture: a healthy server logging to ``<tmp>/<name>/server.log``,
+    which must exit 0 when the module is done with it."""
+    log = tmp_path_factory.mktemp(name) / "server.log"
+    process = ServerProcess(*args, log_path=log, **kwargs).wait_healthy()
+    yield process
+    assert process.stop() == 0

@@ -4,28 +4,18 @@ checks shared by the tests that talk to one."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from nanovllm_api.testing import ServerProcess, free_port  # noqa: F401  (tests import them from here)
+from nanovllm_api.testing import ServerProcess, free_port, serve  # noqa: F401  (tests import them from here)
 
 
 # The SmolLM2 file unquantized in float32: the answers tests quote are that model's. By
 # default the file runs as its own int4 (Q4_1), whose greedy answers differ at near ties
 # (first token of the France prompt); test_quantization.py checks that precision.
 FLOAT32_UNQUANTIZED = ("--dtype", "float32", "--quantization", "none")
-
-
-def serve(tmp_path_factory, name: str, *args: str, **kwargs) -> Iterator[ServerProcess]:
-    """The body of a module fixture: a healthy server logging to ``<tmp>/<name>/server.log``,
-    which must exit 0 when the module is done with it."""
-    log = tmp_path_factory.mktemp(name) / "server.log"
-    process = ServerProcess(*args, log_path=log, **kwargs).wait_healthy()
-    yield process
-    assert process.stop() == 0
 
 
 def log_text(server: ServerProcess) -> str:

@@ -130,10 +130,10 @@ class LLMEngine:
         ids: set[int] = set()
         candidates = [self.hf_config.eos_token_id, getattr(self.tokenizer, "eos_token_id", None),
                       self._generation_config().get("eos_token_id")]
-        if self.tokenizer is not None:
+        stop_tokens = getattr(self.model_cls, "stop_tokens", ())
+        if stop_tokens and self.tokenizer is not None:
             vocabulary = self.tokenizer.get_vocab()
-            candidates.append([vocabulary[token] for token in getattr(self.model_cls, "stop_tokens", ())
-                               if token in vocabulary])
+            candidates.append([vocabulary[token] for token in stop_tokens if token in vocabulary])
         for candidate in candidates:
             if isinstance(candidate, int):
                 ids.add(candidate)

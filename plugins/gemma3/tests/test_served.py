@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from nanovllm_api.testing import ServerProcess
+from nanovllm_api.testing import serve
 
 # Google's format, written out: the system message opens the first user turn
 EXPECTED_PROMPT = (
@@ -28,11 +28,8 @@ MESSAGES = [
 
 @pytest.fixture(scope="module")
 def server(gemma3_gguf, tmp_path_factory):
-    log = tmp_path_factory.mktemp("gemma3") / "server.log"
-    process = ServerProcess("--model", str(gemma3_gguf), "--max-model-len", "1024", "--max-num-seqs", "4",
-                            log_path=log).wait_healthy()
-    yield process
-    assert process.stop() == 0
+    yield from serve(tmp_path_factory, "gemma3", "--model", str(gemma3_gguf), "--max-model-len", "1024",
+                     "--max-num-seqs", "4")
 
 
 def test_chat_is_rendered_in_gemmas_turn_format(server):
