@@ -28,7 +28,8 @@ class ServerConfig(EngineConfig):
         "and the original nanovllm server do; off: an unknown name gets vLLM's 404."
     )
     chat_template: str | None = Field(
-        None, description="A registered template name or a Jinja file path; default: the model's own template."
+        None, description="A registered template name or a Jinja file path; default: the checkpoint's own "
+        "template, else the one its model plugin names (Gemma's for a Gemma GGUF), else ChatML."
     )
     tool_call_parser: str | None = Field(
         None, description="How the model writes tool calls: a registered parser (see --list-plugins); "
