@@ -6,9 +6,9 @@ again in every tensor-parallel worker; so does gguf's reader before it can find 
 tensor (12 s for Gemma 3's 262k-entry vocabulary). The first load of a file writes
 them out as an ordinary model directory (config.json, the tokenizer's files, and
 nanovllm.json for what transformers' config does not carry, with where each tensor
-lies in the file); later loads read that directory. It
-is keyed by the file's path, size and modification time and by the transformers
-version, so a changed file or library converts again.
+lies in the file); later loads read that directory. It is keyed by the file's path,
+size and modification time and by the transformers version, so a changed file or
+library converts again.
 """
 
 from __future__ import annotations
