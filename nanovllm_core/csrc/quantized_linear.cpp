@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "vec.h"
@@ -48,14 +49,21 @@ enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2, kNeonDot = 3 };
 
 
 // The input rows rounded to int8 per block of 32: x ~ q * scale; sums = scale * sum(q) per block.
+// The AVX2 paths read a second copy (with_pairs), arranged so that each operand is one
+// load: per row and pair of blocks b, b + 1, 64 bytes {b's first 16, b + 1's first 16,
+// b's last 16, b + 1's last 16} and 8 floats {b's scale x 4, b + 1's x 4} (and the
+// same of the sums); a lone last block has zeros for b + 1. The dot products then keep each block in its own 128-bit lane.
 struct QuantizedRows {
   int64_t rows, in;
   std::vector<int8_t> q;       // [rows, in]
   std::vector<float> scales;   // [rows, in / 32]
   std::vector<float> sums;     // [rows, in / 32]
+  std::vector<int8_t> pair_q;        // [rows, pairs, 64] with_pairs only
+  std::vector<float> pair_scales;    // [rows, pairs, 8]
+  std::vector<float> pair_sums;      // [rows, pairs, 8]
 
   template <typename T>
-  QuantizedRows(const T* x, int64_t rows, int64_t in)
+  QuantizedRows(const T* x, int64_t rows, int64_t in, bool with_pairs)
       : rows(rows), in(in), q(rows * in), scales(rows * in / kBlock), sums(rows * in / kBlock) {
     at::parallel_for(0, rows * (in / kBlock), 256, [&](int64_t first, int64_t last) {
       float values[kBlock];
@@ -74,10 +82,33 @@ struct QuantizedRows {
         sums[b] = scale * static_cast<float>(total);
       }
     });
+    if (with_pairs) arrange_pairs();
   }
+  int64_t blocks() const { return in / kBlock; }
+  int64_t pairs() const { return (blocks() + 1) / 2; }
   const int8_t* block(int64_t row, int64_t b) const { return q.data() + row * in + b * kBlock; }
-  float scale(int64_t row, int64_t b) const { return scales[row * (in / kBlock) + b]; }
-  float sum(int64_t row, int64_t b) const { return sums[row * (in / kBlock) + b]; }
+  float scale(int64_t row, int64_t b) const { return scales[row * blocks() + b]; }
+  float sum(int64_t row, int64_t b) const { return sums[row * blocks() + b]; }
+  const int8_t* row_pairs(int64_t row) const { return pair_q.data() + row * pairs() * 2 * kBlock; }
+  const float* row_pair_scales(int64_t row) const { return pair_scales.data() + row * pairs() * 8; }
+  const float* row_pair_sums(int64_t row) const { return pair_sums.data() + row * pairs() * 8; }
+
+ private:
+  void arrange_pairs() {
+    constexpr int64_t kHalf = kBlock / 2;
+    pair_q.assign(rows * pairs() * 2 * kBlock, 0);
+    pair_scales.assign(rows * pairs() * 8, 0.f);
+    pair_sums.assign(rows * pairs() * 8, 0.f);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < blocks(); ++b) {
+        int8_t* pair = pair_q.data() + (r * pairs() + b / 2) * 2 * kBlock + (b % 2) * kHalf;
+        std::memcpy(pair, block(r, b), kHalf);
+        std::memcpy(pair + kBlock, block(r, b) + kHalf, kHalf);
+        const int64_t lanes = (r * pairs() + b / 2) * 8 + (b % 2) * 4;
+        std::fill_n(pair_scales.data() + lanes, 4, scale(r, b));
+        std::fill_n(pair_sums.data() + lanes, 4, sum(r, b));
+      }
+  }
 };
 
 struct Int8Format {
@@ -156,10 +187,9 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-// Two blocks b and b + 1 as {b's first 16 bytes, b + 1's first 16} and {b's
-// last 16, b + 1's last 16}: the dot products then keep each block in its own
-// 128-bit lane, and int4's packing needs no shuffle to get there. A block alone
-// (the last of an odd count) leaves the upper lanes zero.
+// A weight row's blocks b and b + 1 in QuantizedRows' pair layout: {b's first 16
+// bytes, b + 1's first 16} and {b's last 16, b + 1's last 16} (int4's packing needs no
+// shuffle to get there). A block alone (the last of an odd count) leaves the upper lanes zero.
 struct Halves {
   __m256i first, last;
 };
@@ -168,14 +198,11 @@ inline __m256i bytes16(const void* p) {
   return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 template <bool SINGLE>
-inline Halves load_halves(const int8_t* q) {
+inline Halves load_halves(const Int8Format& w, int64_t n, int64_t b) {
+  const int8_t* q = w.values + n * w.in + b * kBlock;
   if constexpr (SINGLE) return {bytes16(q), bytes16(q + 16)};
   const __m256i b0 = bytes32(q), b1 = bytes32(q + kBlock);
   return {_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31)};
-}
-template <bool SINGLE>
-inline Halves load_halves(const Int8Format& w, int64_t n, int64_t b) {
-  return load_halves<SINGLE>(w.values + n * w.in + b * kBlock);
 }
 template <bool SINGLE>
 inline Halves load_halves(const Int4Format& w, int64_t n, int64_t b) {
@@ -201,67 +228,141 @@ inline __m256i halves_dot(const Int4Format&, const Halves& q, const Halves& x) {
   return _mm256_madd_epi16(sums, _mm256_set1_epi16(1));
 }
 
-// {s[0] x 4, s[1] x 4}, lane for lane with halves_dot's sums (s[0] x 8 for a block alone)
-template <bool SINGLE>
-inline __m256 spread_scales(__m128 s) {
-  const __m256i lanes = SINGLE ? _mm256_setzero_si256() : _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
-  return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s), lanes);
-}
-template <bool SINGLE>
-inline __m256 spread_scales(const float* s) {
-  return spread_scales<SINGLE>(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s))));
-}
+// A weight row's float16 scales of blocks b and b + 1 as {s[b] x 4, s[b + 1] x 4},
+// lane for lane with halves_dot's sums ({s[b] x 4, 0 x 4} for a block alone).
 template <bool SINGLE>
 inline __m256 spread_scales(const at::Half* s) {
-  int32_t bits;
-  std::memcpy(&bits, s, sizeof(bits));
-  return spread_scales<SINGLE>(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
+  int32_t bits = s[0].x;
+  if constexpr (!SINGLE) std::memcpy(&bits, s, sizeof(bits));
+  const __m256 both = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
+  return _mm256_permutevar8x32_ps(both, _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0));
 }
 
-// Adds blocks b and b + 1 (b alone if SINGLE) of kOuts output rows times ROWS input rows to acc.
-template <typename Format, bool VNNI, int ROWS, bool SINGLE>
-inline void add_blocks(const Format& w, const QuantizedRows& x, int64_t row, int64_t n, int64_t b,
-                       __m256 (&acc)[kOuts][ROWS]) {
-  const int64_t blocks = w.in / kBlock;
-  Halves xq[ROWS];
-  __m256 dx[ROWS];
-  for (int r = 0; r < ROWS; ++r) {
-    xq[r] = load_halves<SINGLE>(x.block(row + r, b));
-    dx[r] = spread_scales<SINGLE>(x.scales.data() + (row + r) * blocks + b);
-  }
-  for (int o = 0; o < kOuts; ++o) {
-    const Halves q = load_halves<SINGLE>(w, n + o, b);
-    const __m256 dw = spread_scales<SINGLE>(w.scales + (n + o) * blocks + b);
-    for (int r = 0; r < ROWS; ++r)
-      acc[o][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(halves_dot<VNNI>(w, q, xq[r])), _mm256_mul_ps(dw, dx[r]), acc[o][r]);
+// Adds blocks 2p and 2p + 1 (2p alone if SINGLE) of OUTS weight rows from n times
+// ROWS input rows to acc. The input's operands are single loads from the pair layout.
+template <typename Format, bool VNNI, int OUTS, int ROWS, bool SINGLE>
+inline void add_pair(const Format& w, int64_t n, int64_t p, const int8_t* const (&xq)[ROWS],
+                     const float* const (&dx)[ROWS], __m256 (&acc)[OUTS][ROWS]) {
+  for (int o = 0; o < OUTS; ++o) {
+    const Halves q = load_halves<SINGLE>(w, n + o, 2 * p);
+    const __m256 dw = spread_scales<SINGLE>(w.scales + (n + o) * (w.in / kBlock) + 2 * p);
+    for (int r = 0; r < ROWS; ++r) {
+      const int8_t* pair = xq[r] + p * 2 * kBlock;
+      const __m256i dot = halves_dot<VNNI>(w, q, Halves{bytes32(pair), bytes32(pair + kBlock)});
+      acc[o][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_loadu_ps(dx[r] + p * 8)),
+                                  acc[o][r]);
+    }
   }
 }
 
-// kOuts output rows times ROWS input rows from `row` on.
-template <typename T, typename Format, bool VNNI, int ROWS>
+// OUTS output rows from n times ROWS input rows from `row` on.
+template <typename T, typename Format, bool VNNI, int OUTS, int ROWS>
 inline void avx2_tile_rows(const Format& w, const QuantizedRows& x, int64_t row, T* out, int64_t out_features,
                            int64_t n) {
-  __m256 acc[kOuts][ROWS];
-  for (int o = 0; o < kOuts; ++o)
-    for (int r = 0; r < ROWS; ++r) acc[o][r] = _mm256_setzero_ps();
-  const int64_t blocks = w.in / kBlock;
-  int64_t b = 0;
-  for (; b + 2 <= blocks; b += 2) add_blocks<Format, VNNI, ROWS, false>(w, x, row, n, b, acc);
-  if (b < blocks) add_blocks<Format, VNNI, ROWS, true>(w, x, row, n, b, acc);
-  for (int o = 0; o < kOuts; ++o)
+  __m256 acc[OUTS][ROWS];
+  const int8_t* xq[ROWS];
+  const float* dx[ROWS];
+  for (int r = 0; r < ROWS; ++r) {
+    xq[r] = x.row_pairs(row + r);
+    dx[r] = x.row_pair_scales(row + r);
+    for (int o = 0; o < OUTS; ++o) acc[o][r] = _mm256_setzero_ps();
+  }
+  const int64_t full_pairs = x.blocks() / 2;
+  for (int64_t p = 0; p < full_pairs; ++p) add_pair<Format, VNNI, OUTS, ROWS, false>(w, n, p, xq, dx, acc);
+  if (x.blocks() % 2) add_pair<Format, VNNI, OUTS, ROWS, true>(w, n, full_pairs, xq, dx, acc);
+  for (int o = 0; o < OUTS; ++o)
     for (int r = 0; r < ROWS; ++r)
       out[(row + r) * out_features + n + o] =
           static_cast<T>(Avx2Floats::sum(acc[o][r]) + min_term(w, x, row + r, n + o));
 }
 
-// Input rows per tile, measured: on AVX2 (16 vector registers) 3 x 4 accumulators
-// beat 2 x 4 and 4 x 4 (a few operands then wait in L1); AVX-512's 32 registers hold 4 x 4.
+// The tile's kOuts weight rows, kTileOuts at a time, through the input rows kTileRows at
+// a time: 2 x 4 accumulators and the two weight halves fit AVX2's 16 vector registers
+// (the input is read from L1 as memory operands).
 template <typename T, typename Format, bool VNNI>
 void avx2_tile(const Format& w, const QuantizedRows& x, T* out, int64_t out_features, int64_t n) {
-  constexpr int kRows = VNNI ? 4 : 3;
+  constexpr int kTileOuts = 2, kTileRows = 4;
+  for (int64_t o = n; o < n + kOuts; o += kTileOuts) {
+    int64_t row = 0;
+    for (; row + kTileRows <= x.rows; row += kTileRows)
+      avx2_tile_rows<T, Format, VNNI, kTileOuts, kTileRows>(w, x, row, out, out_features, o);
+    for (; row < x.rows; ++row) avx2_tile_rows<T, Format, VNNI, kTileOuts, 1>(w, x, row, out, out_features, o);
+  }
+}
+// int4 without VNNI: the kOuts weight rows' dot products with an input row are
+// summed across the four rows' vectors (vphaddw) before widening, so a block pair of
+// four outputs takes 8 vpmaddubsw and one vpmaddwd, vcvtdq2ps, vmulps and vfmadd
+// where one output at a time takes 20: on AVX2 cores these share one or two
+// multiply pipes, which bound the kernel. The 16-bit sums hold: a lane gathers at
+// most 16 products of q <= 15 and |xq| <= 127, 30,480. The minimums' term is one
+// more vfmadd per block pair, not a pass of its own (min_term).
+template <bool SINGLE>
+inline __m256 int4_tile_halves(const at::Half* values, int64_t blocks, int64_t n, int64_t b) {
+  // {v[n][b], v[n + 1][b], .., v[n + 3][b], v[n][b + 1], .., v[n + 3][b + 1]} of a [out, blocks] array
+  int32_t bits[kOuts];
+  for (int o = 0; o < kOuts; ++o) {
+    bits[o] = values[(n + o) * blocks + b].x;
+    if constexpr (!SINGLE) std::memcpy(&bits[o], values + (n + o) * blocks + b, sizeof(int32_t));
+  }
+  const __m256 pairs = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits)));
+  return _mm256_permutevar8x32_ps(pairs, _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0));
+}
+
+// One input row's pointers into QuantizedRows' pair layout.
+struct PairRow {
+  const int8_t* q;
+  const float* scales;
+  const float* sums;
+};
+
+template <int ROWS, bool SINGLE>
+inline void add_int4_pair(const Int4Format& w, int64_t n, int64_t p, const PairRow (&x)[ROWS], __m256 (&acc)[ROWS]) {
+  Halves q[kOuts];
+  for (int o = 0; o < kOuts; ++o) q[o] = load_halves<SINGLE>(w, n + o, 2 * p);
+  const int64_t blocks = w.in / kBlock;
+  const __m256 dw = int4_tile_halves<SINGLE>(w.scales, blocks, n, 2 * p);
+  const __m256 mw = int4_tile_halves<SINGLE>(w.mins, blocks, n, 2 * p);
+  for (int r = 0; r < ROWS; ++r) {
+    const int8_t* pair = x[r].q + p * 2 * kBlock;
+    const __m256i first = bytes32(pair), last = bytes32(pair + kBlock);
+    __m256i sums[kOuts];
+    for (int o = 0; o < kOuts; ++o)
+      sums[o] = _mm256_add_epi16(_mm256_maddubs_epi16(q[o].first, first), _mm256_maddubs_epi16(q[o].last, last));
+    const __m256i outs = _mm256_hadd_epi16(_mm256_hadd_epi16(sums[0], sums[1]), _mm256_hadd_epi16(sums[2], sums[3]));
+    const __m256i dots = _mm256_madd_epi16(outs, _mm256_set1_epi16(1));  // {block 2p: n..n+3, block 2p+1: n..n+3}
+    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(dw, _mm256_loadu_ps(x[r].scales + p * 8)), acc[r]);
+    acc[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x[r].sums + p * 8), acc[r]);
+  }
+}
+
+template <typename T, int ROWS>
+inline void avx2_int4_tile_rows(const Int4Format& w, const QuantizedRows& x, int64_t row, T* out,
+                                int64_t out_features, int64_t n) {
+  __m256 acc[ROWS];
+  PairRow rows[ROWS];
+  for (int r = 0; r < ROWS; ++r) {
+    rows[r] = {x.row_pairs(row + r), x.row_pair_scales(row + r), x.row_pair_sums(row + r)};
+    acc[r] = _mm256_setzero_ps();
+  }
+  const int64_t full_pairs = x.blocks() / 2;
+  for (int64_t p = 0; p < full_pairs; ++p) add_int4_pair<ROWS, false>(w, n, p, rows, acc);
+  if (x.blocks() % 2) add_int4_pair<ROWS, true>(w, n, full_pairs, rows, acc);
+  for (int r = 0; r < ROWS; ++r) {
+    float sums[kOuts];
+    _mm_storeu_ps(sums, _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1)));
+    for (int o = 0; o < kOuts; ++o) out[(row + r) * out_features + n + o] = static_cast<T>(sums[o]);
+  }
+}
+
+template <typename T>
+void avx2_int4_tile(const Int4Format& w, const QuantizedRows& x, T* out, int64_t out_features, int64_t n) {
+  // 8 input rows a tile (measured on Zen 3 against 1-16: unpacking the four weight rows and
+  // gathering their scales is paid once a tile), then what is left 4, 2 and 1 at a time
   int64_t row = 0;
-  for (; row + kRows <= x.rows; row += kRows) avx2_tile_rows<T, Format, VNNI, kRows>(w, x, row, out, out_features, n);
-  for (; row < x.rows; ++row) avx2_tile_rows<T, Format, VNNI, 1>(w, x, row, out, out_features, n);
+  for (; row + 8 <= x.rows; row += 8) avx2_int4_tile_rows<T, 8>(w, x, row, out, out_features, n);
+  if (row + 4 <= x.rows) avx2_int4_tile_rows<T, 4>(w, x, row, out, out_features, n), row += 4;
+  if (row + 2 <= x.rows) avx2_int4_tile_rows<T, 2>(w, x, row, out, out_features, n), row += 2;
+  if (row < x.rows) avx2_int4_tile_rows<T, 1>(w, x, row, out, out_features, n);
 }
 #endif
 
@@ -370,6 +471,8 @@ void tile(const Format& w, const QuantizedRows& x, T* out, int64_t out_features,
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
     if (path == kAvx512Vnni) return avx2_tile<T, Format, true>(w, x, out, out_features, n);
 #endif
+    if constexpr (std::is_same_v<Format, Int4Format>)
+      if (path == kAvx2) return avx2_int4_tile<T>(w, x, out, out_features, n);
     if (path == kAvx2) return avx2_tile<T, Format, false>(w, x, out, out_features, n);
 #endif
 #if defined(__ARM_FEATURE_DOTPROD)
@@ -379,13 +482,17 @@ void tile(const Format& w, const QuantizedRows& x, T* out, int64_t out_features,
   portable_tile(w, x, out, out_features, n, outs);
 }
 
+// The x86 paths may take an AVX2 tile (AVX-512's own needs inputs in multiples of 64),
+// which reads QuantizedRows' pair layout.
+bool uses_pair_layout(Path path) { return path == kAvx2 || path == kAvx512Vnni; }
+
 template <typename Format>
 at::Tensor run(const Format& w, const at::Tensor& input, int64_t out_features, Path path) {
   const int64_t rows = input.size(0), in = input.size(1);
   const at::Tensor x = input.contiguous();
   at::Tensor out = at::empty({rows, out_features}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "quantized_linear", [&] {
-    const QuantizedRows rounded(x.data_ptr<scalar_t>(), rows, in);
+    const QuantizedRows rounded(x.data_ptr<scalar_t>(), rows, in, uses_pair_layout(path));
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t tiles = (out_features + kOuts - 1) / kOuts;
     at::parallel_for(0, tiles, 16, [&](int64_t first, int64_t last) {
