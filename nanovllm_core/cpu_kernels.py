@@ -174,9 +174,11 @@ def rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tenso
     return normed, (total if residual is not None else None)
 
 
-def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half rotary embedding of ``x`` [tokens, heads, head_dim]; float32 ``cos``/``sin`` [positions, head_dim / 2]."""
-    return torch.ops.nanovllm_cpu.rotary_embedding(x, positions, cos, sin)
+def rotary_embedding(query: torch.Tensor, key: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half rotary embedding of ``query`` and ``key`` [tokens, heads, head_dim] (any
+    token and head strides) into new tensors; float32 ``cos``/``sin`` [positions, head_dim / 2]."""
+    return torch.ops.nanovllm_cpu.rotary_embedding(query, key, positions, cos, sin)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,8 @@ class CpuAttentionBackend(TorchAttentionBackend):
 
     def _decode(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float, sliding_window: int | None):
         num_seqs = query.shape[0]
-        return cpu_kernels.paged_decode_attention(
-            query, k_cache, v_cache, metadata.block_tables[:num_seqs], metadata.context_lens[:num_seqs], scale,
-            sliding_window=sliding_window,
-        )
+        block_tables, context_lens = metadata.block_tables, metadata.context_lens
+        if block_tables.shape[0] != num_seqs:  # prefills follow the decodes (slicing every layer shows at batch 1)
+            block_tables, context_lens = block_tables[:num_seqs], context_lens[:num_seqs]
+        return cpu_kernels.paged_decode_attention(query, k_cache, v_cache, block_tables, context_lens, scale,
+                                                  sliding_window=sliding_window)

@@ -80,19 +80,14 @@ std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& input, const c10::
   return {out, sum};
 }
 
+namespace {
+
 // Rotary embedding (rotate-half layout) of x [tokens, heads, head_dim] (any token
-// and head strides, contiguous head_dim) into a new contiguous tensor;
-// cos/sin [positions, head_dim / 2] float32.
-at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& cos,
-                            const at::Tensor& sin) {
+// and head strides, contiguous head_dim) into a new contiguous tensor.
+at::Tensor rotate(const at::Tensor& x, const int64_t* p, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1, "rotary: x [tokens, heads, head_dim] with contiguous head_dim");
-  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
-              sin.is_contiguous(), "rotary: cos/sin contiguous float32");
   const int64_t tokens = x.size(0), heads = x.size(1), head_dim = x.size(2), half = head_dim / 2;
   TORCH_CHECK(cos.size(1) == half && sin.size(1) == half, "rotary: cos/sin [positions, head_dim / 2]");
-  const at::Tensor pos = positions.to(at::kLong).contiguous();
-  const int64_t* p = pos.data_ptr<int64_t>();
-  for (int64_t t = 0; t < tokens; ++t) TORCH_CHECK(p[t] >= 0 && p[t] < cos.size(0), "rotary: position out of range");
   at::Tensor out = at::empty({tokens, heads, head_dim}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rotary_embedding", [&] {
     const scalar_t* in = x.data_ptr<scalar_t>();
@@ -114,6 +109,22 @@ at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& positions, co
     });
   });
   return out;
+}
+
+}  // namespace
+
+// Rotary embedding of query and key [tokens, heads, head_dim] at `positions`, in one
+// call (two show in a one-token decode step); cos/sin [positions, head_dim / 2] float32.
+std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query, const at::Tensor& key,
+                                                    const at::Tensor& positions, const at::Tensor& cos,
+                                                    const at::Tensor& sin) {
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+              sin.is_contiguous(), "rotary: cos/sin contiguous float32");
+  const at::Tensor pos = positions.to(at::kLong).contiguous();
+  const int64_t* p = pos.data_ptr<int64_t>();
+  TORCH_CHECK(pos.numel() == query.size(0) && pos.numel() == key.size(0), "rotary: a position per token");
+  for (int64_t t = 0; t < pos.numel(); ++t) TORCH_CHECK(p[t] >= 0 && p[t] < cos.size(0), "rotary: position out of range");
+  return {rotate(query, p, cos, sin), rotate(key, p, cos, sin)};
 }
 
 // SwiGLU on a fused [gate | up] projection: silu(gate) * up.

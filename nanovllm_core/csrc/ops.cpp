@@ -17,7 +17,9 @@ at::Tensor int8_dequantize(const at::Tensor& values, const at::Tensor& scales);
 at::Tensor int4_dequantize(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& mins);
 std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& input, const c10::optional<at::Tensor>& residual,
                                             const at::Tensor& weight, double eps);
-at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin);
+std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query, const at::Tensor& key,
+                                                    const at::Tensor& positions, const at::Tensor& cos,
+                                                    const at::Tensor& sin);
 at::Tensor silu_and_mul(const at::Tensor& input);
 }  // namespace nanovllm
 
@@ -31,7 +33,7 @@ TORCH_LIBRARY(nanovllm_cpu, m) {
   m.def("int8_dequantize(Tensor values, Tensor scales) -> Tensor");
   m.def("int4_dequantize(Tensor packed, Tensor scales, Tensor mins) -> Tensor");
   m.def("rms_norm(Tensor input, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)");
-  m.def("rotary_embedding(Tensor x, Tensor positions, Tensor cos, Tensor sin) -> Tensor");
+  m.def("rotary_embedding(Tensor query, Tensor key, Tensor positions, Tensor cos, Tensor sin) -> (Tensor, Tensor)");
   m.def("silu_and_mul(Tensor input) -> Tensor");
 }
 

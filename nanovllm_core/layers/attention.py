@@ -30,11 +30,16 @@ class Attention(nn.Module):
         self.k_cache = self.v_cache = torch.tensor([])
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``query`` [tokens, heads * head_dim], ``key``/``value`` [tokens, kv_heads * head_dim]."""
+        """``query`` [tokens, heads * head_dim] or [tokens, heads, head_dim], ``key``/``value``
+        the same with kv_heads; returns [tokens, heads * head_dim]."""
         tokens = query.shape[0]
-        query = query.view(tokens, self.num_heads, self.head_dim)
-        key = key.view(tokens, self.num_kv_heads, self.head_dim)
-        value = value.view(tokens, self.num_kv_heads, self.head_dim)
+        # a view per tensor and layer shows in a one-token decode step: skipped where the model has one
+        if query.dim() == 2:
+            query = query.view(tokens, self.num_heads, self.head_dim)
+        if key.dim() == 2:
+            key = key.view(tokens, self.num_kv_heads, self.head_dim)
+        if value.dim() == 2:
+            value = value.view(tokens, self.num_kv_heads, self.head_dim)
         if self.causal:
             # passed only when set, so backends written before windows existed keep working
             window = {} if self.sliding_window is None else {"sliding_window": self.sliding_window}

@@ -5,7 +5,6 @@ no full-precision copy of its weight."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +23,11 @@ BF16_MATMUL_MIN_ROWS = 64
 BF16_MATMUL_MAX_BYTES = 32 << 20
 
 
-def bf16_matmul(x: torch.Tensor, weights: int, weight_bf16: Callable[[], torch.Tensor]) -> torch.Tensor | None:
-    """``x @ w.T`` through a bf16 copy of the ``weights`` weights made for this call, where
-    that is faster; None where the integer kernel is (float32 activations always take it)."""
-    if (x.dtype != torch.bfloat16 or x.shape[0] < BF16_MATMUL_MIN_ROWS or 2 * weights > BF16_MATMUL_MAX_BYTES
-            or not cpu_kernels.cpu_has_bf16()):
-        return None
-    return F.linear(x, weight_bf16())
+def uses_bf16_matmul(x: torch.Tensor, weights: int) -> bool:
+    """Whether ``x @ w.T`` is faster through a bf16 copy of the ``weights`` weights made for
+    the call than through the integer kernel (float32 activations never are)."""
+    return (x.dtype == torch.bfloat16 and x.shape[0] >= BF16_MATMUL_MIN_ROWS and 2 * weights <= BF16_MATMUL_MAX_BYTES
+            and cpu_kernels.cpu_has_bf16())
 
 
 @dataclass
@@ -41,8 +38,9 @@ class Int8Weight:
     scales: torch.Tensor  # float16, [out, in / 32]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = bf16_matmul(x, self.values.numel(), lambda: cpu_kernels.int8_dequantize(self.values, self.scales))
-        return out if out is not None else cpu_kernels.int8_linear(x, self.values, self.scales)
+        if uses_bf16_matmul(x, self.values.numel()):
+            return F.linear(x, cpu_kernels.int8_dequantize(self.values, self.scales))
+        return cpu_kernels.int8_linear(x, self.values, self.scales)
 
     def dequantize(self) -> torch.Tensor:
         out_features, in_features = self.values.shape
@@ -59,9 +57,9 @@ class Int4Weight:
     mins: torch.Tensor  # float16, [out, in / 32]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = bf16_matmul(x, 2 * self.packed.numel(),
-                          lambda: cpu_kernels.int4_dequantize(self.packed, self.scales, self.mins))
-        return out if out is not None else cpu_kernels.int4_linear(x, self.packed, self.scales, self.mins)
+        if uses_bf16_matmul(x, 2 * self.packed.numel()):
+            return F.linear(x, cpu_kernels.int4_dequantize(self.packed, self.scales, self.mins))
+        return cpu_kernels.int4_linear(x, self.packed, self.scales, self.mins)
 
     def dequantize(self) -> torch.Tensor:
         out_features = self.packed.shape[0]

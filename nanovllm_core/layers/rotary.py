@@ -27,8 +27,7 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``query`` [tokens, heads, head_dim], ``key`` [tokens, kv_heads, head_dim]."""
         if query.is_cpu and self.cos.dtype == torch.float32 and cpu_kernels.loaded():  # the kernel's table format
-            return (cpu_kernels.rotary_embedding(query, positions, self.cos, self.sin),
-                    cpu_kernels.rotary_embedding(key, positions, self.cos, self.sin))
+            return cpu_kernels.rotary_embedding(query, key, positions, self.cos, self.sin)
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)

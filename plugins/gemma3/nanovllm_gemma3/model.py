@@ -96,7 +96,7 @@ class Gemma3Attention(nn.Module):
         q = self.q_norm(q.reshape(tokens, self.num_heads, self.head_dim))
         k = self.k_norm(k.reshape(tokens, self.num_kv_heads, self.head_dim))
         q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q.reshape(tokens, -1), k.reshape(tokens, -1), v))
+        return self.o_proj(self.attn(q, k, v))
 
 
 class Gemma3MLP(nn.Module):

@@ -58,7 +58,7 @@ class DecoderAttention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q.reshape(tokens, -1), k.reshape(tokens, -1), v))
+        return self.o_proj(self.attn(q, k, v))
 
 
 def _rope_parameter(config, name: str, default: float) -> float:
