@@ -52,7 +52,8 @@ enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2, kNeonDot = 3 };
 // The AVX2 paths read a second copy (with_pairs), arranged so that each operand is one
 // load: per row and pair of blocks b, b + 1, 64 bytes {b's first 16, b + 1's first 16,
 // b's last 16, b + 1's last 16} and 8 floats {b's scale x 4, b + 1's x 4} (and the
-// same of the sums); a lone last block has zeros for b + 1. The dot products then keep each block in its own 128-bit lane.
+// same of the sums); a lone last block has zeros for b + 1. The dot products then
+// keep each block in its own 128-bit lane.
 struct QuantizedRows {
   int64_t rows, in;
   std::vector<int8_t> q;       // [rows, in]
@@ -238,18 +239,27 @@ inline __m256 spread_scales(const at::Half* s) {
   return _mm256_permutevar8x32_ps(both, _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0));
 }
 
+// One input row's pointers into QuantizedRows' pair layout.
+struct PairRow {
+  const int8_t* q;
+  const float* scales;
+  const float* sums;
+};
+inline PairRow pair_row(const QuantizedRows& x, int64_t row) {
+  return {x.row_pairs(row), x.row_pair_scales(row), x.row_pair_sums(row)};
+}
+
 // Adds blocks 2p and 2p + 1 (2p alone if SINGLE) of OUTS weight rows from n times
 // ROWS input rows to acc. The input's operands are single loads from the pair layout.
 template <typename Format, bool VNNI, int OUTS, int ROWS, bool SINGLE>
-inline void add_pair(const Format& w, int64_t n, int64_t p, const int8_t* const (&xq)[ROWS],
-                     const float* const (&dx)[ROWS], __m256 (&acc)[OUTS][ROWS]) {
+inline void add_pair(const Format& w, int64_t n, int64_t p, const PairRow (&x)[ROWS], __m256 (&acc)[OUTS][ROWS]) {
   for (int o = 0; o < OUTS; ++o) {
     const Halves q = load_halves<SINGLE>(w, n + o, 2 * p);
     const __m256 dw = spread_scales<SINGLE>(w.scales + (n + o) * (w.in / kBlock) + 2 * p);
     for (int r = 0; r < ROWS; ++r) {
-      const int8_t* pair = xq[r] + p * 2 * kBlock;
+      const int8_t* pair = x[r].q + p * 2 * kBlock;
       const __m256i dot = halves_dot<VNNI>(w, q, Halves{bytes32(pair), bytes32(pair + kBlock)});
-      acc[o][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_loadu_ps(dx[r] + p * 8)),
+      acc[o][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_loadu_ps(x[r].scales + p * 8)),
                                   acc[o][r]);
     }
   }
@@ -260,16 +270,14 @@ template <typename T, typename Format, bool VNNI, int OUTS, int ROWS>
 inline void avx2_tile_rows(const Format& w, const QuantizedRows& x, int64_t row, T* out, int64_t out_features,
                            int64_t n) {
   __m256 acc[OUTS][ROWS];
-  const int8_t* xq[ROWS];
-  const float* dx[ROWS];
+  PairRow rows[ROWS];
   for (int r = 0; r < ROWS; ++r) {
-    xq[r] = x.row_pairs(row + r);
-    dx[r] = x.row_pair_scales(row + r);
+    rows[r] = pair_row(x, row + r);
     for (int o = 0; o < OUTS; ++o) acc[o][r] = _mm256_setzero_ps();
   }
   const int64_t full_pairs = x.blocks() / 2;
-  for (int64_t p = 0; p < full_pairs; ++p) add_pair<Format, VNNI, OUTS, ROWS, false>(w, n, p, xq, dx, acc);
-  if (x.blocks() % 2) add_pair<Format, VNNI, OUTS, ROWS, true>(w, n, full_pairs, xq, dx, acc);
+  for (int64_t p = 0; p < full_pairs; ++p) add_pair<Format, VNNI, OUTS, ROWS, false>(w, n, p, rows, acc);
+  if (x.blocks() % 2) add_pair<Format, VNNI, OUTS, ROWS, true>(w, n, full_pairs, rows, acc);
   for (int o = 0; o < OUTS; ++o)
     for (int r = 0; r < ROWS; ++r)
       out[(row + r) * out_features + n + o] =
@@ -308,13 +316,6 @@ inline __m256 int4_tile_halves(const at::Half* values, int64_t blocks, int64_t n
   return _mm256_permutevar8x32_ps(pairs, _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0));
 }
 
-// One input row's pointers into QuantizedRows' pair layout.
-struct PairRow {
-  const int8_t* q;
-  const float* scales;
-  const float* sums;
-};
-
 template <int ROWS, bool SINGLE>
 inline void add_int4_pair(const Int4Format& w, int64_t n, int64_t p, const PairRow (&x)[ROWS], __m256 (&acc)[ROWS]) {
   Halves q[kOuts];
@@ -341,7 +342,7 @@ inline void avx2_int4_tile_rows(const Int4Format& w, const QuantizedRows& x, int
   __m256 acc[ROWS];
   PairRow rows[ROWS];
   for (int r = 0; r < ROWS; ++r) {
-    rows[r] = {x.row_pairs(row + r), x.row_pair_scales(row + r), x.row_pair_sums(row + r)};
+    rows[r] = pair_row(x, row + r);
     acc[r] = _mm256_setzero_ps();
   }
   const int64_t full_pairs = x.blocks() / 2;
