@@ -173,8 +173,9 @@ def test_gpu_only_backends_fail_clearly_on_the_cpu(monkeypatch):
 
 CPU_ONLY = pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ kernels are for CPUs")
 # the kernel's shapes beside the shared batches: long contexts (many blocks,
-# softmax over hundreds of scores), a group of 1 and of 8, head_dim 32
+# softmax over hundreds of scores), a group of 1 and of 8, head_dim 32 and 256
 CPU_DECODE_BATCHES = BATCHES + [
+    Batch([(40, 1), (9, 1)], heads=4, kv_heads=1, head_dim=256, block_size=16),  # Gemma 3 270M's heads
     Batch([(700, 1), (1, 1), (255, 1), (256, 1)], heads=9, kv_heads=3, head_dim=64, block_size=16),
     Batch([(100, 1), (3, 1)], heads=8, kv_heads=1, head_dim=32, block_size=8),
 ]

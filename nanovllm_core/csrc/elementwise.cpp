@@ -51,8 +51,7 @@ void silu_and_mul_rows(const T* in, T* out, int64_t rows, int64_t width) {
     for (int64_t r = first; r < last; ++r) {
       load_floats(in + r * 2 * width, gate.data(), width);
       load_floats(in + r * 2 * width + width, up.data(), width);
-#pragma omp simd
-      for (int64_t i = 0; i < width; ++i) gate[i] = gate[i] / (1.f + fast_exp(-gate[i]));
+      silu(gate.data(), width);
       for (int64_t i = 0; i < width; ++i) out[r * width + i] = static_cast<T>(round_trip<T>(gate[i]) * up[i]);
     }
   });

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "vec.h"
@@ -46,35 +47,71 @@ struct GenericBlock {
   }
 };
 
-// One block's rows scored against a query group with V's vectors held in
-// registers: head_dim = V::kWidth * CHUNKS floats, converted from T as loaded.
+// One block's rows scored against a query group, V::kWidth * CHUNKS = head_dim
+// floats a row. A score is a dot product whose horizontal sum costs as much as
+// its multiplies at head_dim 64, so rows go eight at a time: eight independent
+// sums (enough to keep both FMA pipes busy) reduced across together. The values
+// are accumulated with a group's output row held in registers through the block.
 template <typename T, typename V, int CHUNKS>
 struct VectorBlock {
-  explicit VectorBlock(int64_t) {}
+  static constexpr int64_t kDim = V::kWidth * CHUNKS;
+  static constexpr int kHeld = CHUNKS < 8 ? CHUNKS : 8;  // output vectors held in registers at once
+  using Reg = typename V::Reg;
+  std::vector<float> rows_f32;  // a 16-bit block converted once, not once per query of the group
+  explicit VectorBlock(int64_t block_elems) : rows_f32(std::is_same_v<T, float> ? 0 : block_elems) {}
 
-  void score(const T* rows, int64_t n, const float* queries, int64_t group, int64_t, float* scores, int64_t stride) {
-    constexpr int64_t kDim = V::kWidth * CHUNKS;
-    for (int64_t r = 0; r < n; ++r) {
-      typename V::Reg key[CHUNKS];
-      for (int c = 0; c < CHUNKS; ++c) key[c] = V::load(rows + r * kDim + V::kWidth * c);
-      for (int64_t g = 0; g < group; ++g) {
-        const float* query = queries + g * kDim;
-        typename V::Reg sum = V::mul(V::load(query), key[0]);
-        for (int c = 1; c < CHUNKS; ++c) sum = V::fmadd(V::load(query + V::kWidth * c), key[c], sum);
-        scores[g * stride + r] = V::sum(sum);
-      }
+  const float* as_floats(const T* rows, int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+      return rows;
+    } else {
+      load_floats(rows, rows_f32.data(), n * kDim);
+      return rows_f32.data();
     }
   }
 
-  void accumulate(const T* rows, int64_t n, const float* probs, int64_t group, int64_t, float* acc, int64_t stride) {
-    constexpr int64_t kDim = V::kWidth * CHUNKS;
-    for (int64_t r = 0; r < n; ++r) {
-      typename V::Reg value[CHUNKS];
-      for (int c = 0; c < CHUNKS; ++c) value[c] = V::load(rows + r * kDim + V::kWidth * c);
-      for (int64_t g = 0; g < group; ++g) {
-        const typename V::Reg p = V::broadcast(probs[g * stride + r]);
-        float* a = acc + g * kDim;
-        for (int c = 0; c < CHUNKS; ++c) V::store(a + V::kWidth * c, V::fmadd(p, value[c], V::load(a + V::kWidth * c)));
+  static void score8(const float* rows, const float* query, float* out) {
+    Reg sums[8];
+    const Reg first = V::load(query);
+    for (int r = 0; r < 8; ++r) sums[r] = V::mul(first, V::load(rows + r * kDim));
+    for (int c = 1; c < CHUNKS; ++c) {
+      const Reg chunk = V::load(query + c * V::kWidth);
+      for (int r = 0; r < 8; ++r) sums[r] = V::fmadd(chunk, V::load(rows + r * kDim + c * V::kWidth), sums[r]);
+    }
+    V::store_sums8(sums, out);
+  }
+
+  static float score1(const float* row, const float* query) {
+    Reg sum = V::mul(V::load(query), V::load(row));
+    for (int c = 1; c < CHUNKS; ++c) sum = V::fmadd(V::load(query + c * V::kWidth), V::load(row + c * V::kWidth), sum);
+    return V::sum(sum);
+  }
+
+  void score(const T* block_rows, int64_t n, const float* queries, int64_t group, int64_t, float* scores,
+             int64_t stride) {
+    const float* rows = as_floats(block_rows, n);
+    for (int64_t g = 0; g < group; ++g) {
+      const float* query = queries + g * kDim;
+      float* out = scores + g * stride;
+      int64_t r = 0;
+      for (; r + 8 <= n; r += 8) score8(rows + r * kDim, query, out + r);
+      for (; r < n; ++r) out[r] = score1(rows + r * kDim, query);
+    }
+  }
+
+  void accumulate(const T* block_rows, int64_t n, const float* probs, int64_t group, int64_t, float* acc,
+                  int64_t stride) {
+    const float* rows = as_floats(block_rows, n);
+    for (int64_t g = 0; g < group; ++g) {
+      for (int first = 0; first < CHUNKS; first += kHeld) {
+        float* out = acc + g * kDim + first * V::kWidth;
+        Reg sums[kHeld];
+        for (int c = 0; c < kHeld; ++c) sums[c] = V::load(out + c * V::kWidth);
+        for (int64_t r = 0; r < n; ++r) {
+          const Reg p = V::broadcast(probs[g * stride + r]);
+          const float* value = rows + r * kDim + first * V::kWidth;
+          for (int c = 0; c < kHeld; ++c) sums[c] = V::fmadd(p, V::load(value + c * V::kWidth), sums[c]);
+        }
+        for (int c = 0; c < kHeld; ++c) V::store(out + c * V::kWidth, sums[c]);
       }
     }
   }
@@ -85,16 +122,7 @@ struct VectorBlock {
 inline void softmax_rows(float* scores, int64_t group, int64_t length, float* inverse_sums) {
   for (int64_t g = 0; g < group; ++g) {
     float* row = scores + g * length;
-    float max = row[0];
-    for (int64_t i = 1; i < length; ++i) max = row[i] > max ? row[i] : max;
-#pragma omp simd
-    for (int64_t i = 0; i < length; ++i) row[i] -= max;
-#pragma omp simd
-    for (int64_t i = 0; i < length; ++i) row[i] = fast_exp(row[i]);
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < length; ++i) sum += row[i];
-    inverse_sums[g] = 1.f / sum;
+    inverse_sums[g] = 1.f / exp_shifted(row, length, max_of(row, length));
   }
 }
 
@@ -167,19 +195,16 @@ template <typename T>
 void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale,
                        int64_t window, bool generic_only) {
-  // a row of K or V in registers (AVX2's 16 hold a 64-wide row and the operands; wider rows spill)
-#if defined(__AVX512F__)
-  using V = Avx512Floats;
-#elif defined(__AVX2__) && defined(__F16C__)
-  using V = Avx2Floats;
-#endif
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
+  // head_dim 32 to 256 (Gemma 3's) in whole vectors; other sizes take the portable loops
+#if defined(NANOVLLM_NATIVE_FLOATS)
+  using V = NativeFloats;
   if (!generic_only) {
     switch (query.size(2) % V::kWidth ? 0 : query.size(2) / V::kWidth) {
       case 2: return decode<T, VectorBlock<T, V, 2>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
       case 4: return decode<T, VectorBlock<T, V, 4>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
       case 8: return decode<T, VectorBlock<T, V, 8>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
       case 16: return decode<T, VectorBlock<T, V, 16>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 32: return decode<T, VectorBlock<T, V, 32>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
       default: break;
     }
   }
