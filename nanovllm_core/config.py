@@ -106,7 +106,7 @@ class EngineConfig(BaseSettings):
         "or a plugin's); auto: as the checkpoint's sentence-transformers files say, else as the model prefers."
     )
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of prompts that share a prefix.")
-    enforce_eager: bool = Field(False, description="Never capture CUDA graphs.")
+    enforce_eager: bool = Field(False, description="Never capture decode graphs (CUDA graphs on a GPU, recorded operators on a CPU).")
     seed: int = Field(0, description="Seed for requests that do not set their own.")
     load_format: Literal["auto", "dummy"] = Field(
         "auto", description="dummy: random weights from config.json alone, for speed benchmarks."

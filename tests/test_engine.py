@@ -126,3 +126,28 @@ def test_the_cpu_kv_cache_holds_what_the_configuration_can_use(tmp_path, smollm2
     capped = LLM(str(checkpoint), dtype="float32", max_num_seqs=3, max_model_len=100, block_size=16,
                  kv_cache_memory_gb=runner.kv_bytes_per_block() * 10 / (1 << 30))
     assert capped.engine.runner.num_blocks == 10
+
+
+def test_cpu_decode_graphs_replay_the_eager_steps(tmp_path, smollm2_tokenizer):
+    """Decode batches of 5 to 1 sequences run through the recorded graphs of sizes 8, 4, 2 and 1
+    (padded rows included), and every step gives the eager engine's tokens and logprobs: a
+    replay reads the inputs, metadata and KV cache as they are at that step, not as recorded."""
+    from nanovllm_core import LLM
+    from nanovllm_core.engine.decode_graphs import CpuGraphRunner
+    from tiny_models import make_tiny_checkpoint
+
+    checkpoint = str(make_tiny_checkpoint("Qwen3ForCausalLM", tmp_path, smollm2_tokenizer))
+    prompts = [[7 + i] * (3 + 5 * i) for i in range(5)]
+    params = [SamplingParams(max_tokens=6 + 4 * i, temperature=0, ignore_eos=True, logprobs=0) for i in range(5)]
+    steps = {}
+    for eager in (True, False):
+        engine = LLM(checkpoint, dtype="float32", max_num_seqs=8, enforce_eager=eager).engine
+        for i, (prompt, param) in enumerate(zip(prompts, params)):
+            engine.add_request(str(i), prompt, param)
+        steps[eager] = [(out.request_id, out.new_logprobs[0]) for out in run_to_end(engine)]
+    assert isinstance(engine.runner.decode_graphs, CpuGraphRunner)
+    assert sorted(engine.runner.decode_graphs.graphs) == [1, 2, 4, 8]
+    assert len(steps[False]) == len(steps[True]) == sum(param.max_tokens for param in params)
+    for (eager_id, eager_token), (graph_id, graph_token) in zip(steps[True], steps[False]):
+        assert (graph_id, graph_token.token_id) == (eager_id, eager_token.token_id)
+        assert graph_token.logprob == pytest.approx(eager_token.logprob, abs=1e-4)

@@ -46,6 +46,9 @@ class AttentionBackend:
     name: str = ""
     devices: tuple[str, ...] = ("cpu", "cuda")
     supports_cuda_graphs = False  # True when forward() on decodes needs no host synchronisation
+    # True when forward() on decodes depends on nothing but its tensors and the batch size, so a
+    # recording of the operators it called replays it (engine/decode_graphs.py)
+    supports_cpu_graphs = False
     supports_sliding_window = False  # True when forward() honours its sliding_window argument
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int):

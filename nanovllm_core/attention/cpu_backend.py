@@ -19,6 +19,7 @@ from nanovllm_core.attention.torch_backend import TorchAttentionBackend
 class CpuAttentionBackend(TorchAttentionBackend):
     name = "cpu"
     devices = ("cpu",)
+    supports_cpu_graphs = True
 
     @classmethod
     def check_available(cls, device: torch.device) -> None:

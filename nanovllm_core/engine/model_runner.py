@@ -14,7 +14,7 @@ from nanovllm_core.attention import AttentionBackend, AttentionMetadata, forward
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.grammar import apply_grammar_masks
 from nanovllm_core.distributed import get_tp_rank
-from nanovllm_core.engine.cuda_graphs import CudaGraphRunner
+from nanovllm_core.engine.decode_graphs import CpuGraphRunner, CudaGraphRunner, DecodeGraphRunner
 from nanovllm_core.engine.scheduler import ScheduledBatch
 from nanovllm_core.engine.tensor_parallel import (
     StepInputs,
@@ -124,7 +124,7 @@ class ModelRunner:
         # an encoder's layers attend within the step and cache nothing
         self.keeps_kv = any(layer.causal for layer in self.attention_layers)
         self.num_blocks = self._allocate_kv_cache() if self.keeps_kv else self._attend_without_cache()
-        self.cuda_graphs = self._capture_cuda_graphs()
+        self.decode_graphs = self._capture_decode_graphs()
         logger.info(
             "model %s on %s in %s, attention backend %s, KV cache %d blocks of %d tokens",
             hf_config.architectures[0], self.device, self.dtype, self.backend.name, self.num_blocks, self.block_size,
@@ -245,12 +245,16 @@ class ModelRunner:
             layer.backend = self.backend
         return self.config.max_num_seqs * -(-self.max_model_len // self.block_size)
 
-    def _capture_cuda_graphs(self) -> CudaGraphRunner | None:
-        if (self.device.type != "cuda" or self.config.enforce_eager or not self.backend.supports_cuda_graphs
-                or not self.keeps_kv):
+    def _capture_decode_graphs(self) -> DecodeGraphRunner | None:
+        if self.config.enforce_eager or not self.keeps_kv:
             return None
-        max_blocks = -(-self.max_model_len // self.block_size)
-        return CudaGraphRunner(self.model, min(self.config.max_num_seqs, 512), max_blocks, self.device)
+        max_batch_size, max_blocks = self.config.max_num_seqs, -(-self.max_model_len // self.block_size)
+        if self.device.type == "cuda" and self.backend.supports_cuda_graphs:
+            return CudaGraphRunner(self.model, min(max_batch_size, 512), max_blocks, self.device)
+        # a recorded graph would hold a tensor-parallel step's collectives as they were recorded
+        if self.device.type == "cpu" and self.backend.supports_cpu_graphs and self.config.tensor_parallel_size == 1:
+            return CpuGraphRunner(self.model, max_batch_size, max_blocks, self.device)
+        return None
 
     def _prepare(self, batch: ScheduledBatch) -> tuple[StepInputs, list[bool], list[tuple[int, int, int]],
                                                         list[tuple[int, list[int]]]]:
@@ -315,7 +319,7 @@ class ModelRunner:
         """The hidden states of every token, and the logits of the sampled rows (None if
         no row samples), the same on every rank."""
         metadata = inputs.metadata
-        graphs = self.cuda_graphs
+        graphs = self.decode_graphs
         if graphs is not None and graphs.can_run(num_seqs, metadata.num_decode_tokens, metadata.block_tables.shape[1]):
             hidden_states = graphs.run(inputs.input_ids, inputs.positions, metadata)
         else:

@@ -1,0 +1,135 @@
+"""Decode steps replayed from graphs, one graph per padded batch size.
+
+A decode step of a small model is mostly overhead around the kernels: launches
+on a GPU, Python (module calls, attribute lookups, argument checks) on a CPU.
+A graph replays the whole forward pass without it: a CUDA graph launches all
+the kernels at once; on a CPU, the operators one forward pass called, recorded
+by ``make_fx``, run as straight-line code. Each graph reads its inputs from
+static buffers; a batch of n sequences runs in the smallest captured size >= n,
+the extra rows padded with slot -1 (nothing is stored) and context length 0
+(nothing is read).
+
+Replaying is only right if the decode forward pass depends on nothing but its
+input tensors and the batch size: attention backends say so with
+``supports_cuda_graphs`` / ``supports_cpu_graphs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+
+from nanovllm_core.attention import AttentionMetadata, forward_context
+
+logger = logging.getLogger(__name__)
+
+CUDA_BATCH_SIZES = (1, 2, 4, 8, *range(16, 513, 16))
+# On a CPU the Python a graph saves is a large share of a step of a few sequences and a
+# small one beyond 8, while recording a size takes seconds (docs/benchmarks.md).
+CPU_BATCH_SIZES = (1, 2, 4, 8)
+
+
+class DecodeGraphRunner:
+    """Static input buffers and the dispatch of a decode batch to its graph; subclasses capture and replay."""
+
+    def __init__(self, model: nn.Module, sizes: list[int], max_blocks_per_seq: int, device: torch.device):
+        self.model = model
+        self.sizes = sizes
+        self.max_blocks_per_seq = max_blocks_per_seq
+        largest = self.sizes[-1]
+        self.input_ids = torch.zeros(largest, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(largest, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((largest,), -1, dtype=torch.int64, device=device)
+        self.context_lens = torch.zeros(largest, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros(largest, max_blocks_per_seq, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(largest + 1, dtype=torch.int32, device=device)
+
+    def _metadata(self, size: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            num_decode_tokens=size,
+            slot_mapping=self.slot_mapping[:size],
+            block_tables=self.block_tables[:size],
+            context_lens=self.context_lens[:size],
+            query_start_loc=self.query_start_loc[: size + 1],
+            max_query_len=1,
+            max_context_len=self.max_blocks_per_seq,
+            query_lens_host=[1] * size,
+            context_lens_host=[0] * size,  # not read by graph-capable backends on decodes
+        )
+
+    def _replay(self, size: int) -> torch.Tensor:
+        """The hidden states of a batch of ``size`` rows, from the buffers."""
+        raise NotImplementedError
+
+    def can_run(self, num_seqs: int, num_decodes: int, block_table_width: int) -> bool:
+        return num_decodes == num_seqs <= self.sizes[-1] and block_table_width <= self.max_blocks_per_seq
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        count = input_ids.shape[0]
+        size = next(s for s in self.sizes if s >= count)
+        self.input_ids[:count] = input_ids
+        self.positions[:count] = positions
+        self.slot_mapping[:count] = metadata.slot_mapping
+        self.slot_mapping[count:size] = -1
+        self.context_lens[:count] = metadata.context_lens
+        self.context_lens[count:size] = 0
+        width = metadata.block_tables.shape[1]
+        self.block_tables[:count, :width] = metadata.block_tables
+        return self._replay(size)[:count]
+
+
+class CudaGraphRunner(DecodeGraphRunner):
+    """Every size captured at start, the largest first, so that the others fit in its memory pool."""
+
+    def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, device: torch.device):
+        super().__init__(model, [size for size in CUDA_BATCH_SIZES if size <= max_batch_size], max_blocks_per_seq,
+                         device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            self._capture()
+        logger.info("captured CUDA graphs for decode batch sizes %s", self.sizes)
+
+    def _capture(self) -> None:
+        pool = None
+        for size in reversed(self.sizes):
+            with forward_context(self._metadata(size)):
+                self.model(self.input_ids[:size], self.positions[:size])  # warm-up: autotuning, allocations
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool):
+                    self.outputs[size] = self.model(self.input_ids[:size], self.positions[:size])
+            pool = graph.pool() if pool is None else pool
+            self.graphs[size] = graph
+        torch.cuda.synchronize()
+
+    def _replay(self, size: int) -> torch.Tensor:
+        self.graphs[size].replay()
+        return self.outputs[size]
+
+
+class CpuGraphRunner(DecodeGraphRunner):
+    """Each size recorded the first time a batch needs it (seconds, for a model of 30 layers
+    on 2 cores), so that an engine, a test's among them, pays only for the sizes it uses. A recording holds the weights, the KV cache and the metadata buffers as constants:
+    references to the tensors, which a replay reads as they are then."""
+
+    def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, device: torch.device):
+        super().__init__(model, [size for size in CPU_BATCH_SIZES if size <= max_batch_size], max_blocks_per_seq,
+                         device)
+        self.graphs: dict[int, torch.fx.GraphModule] = {}
+
+    def _replay(self, size: int) -> torch.Tensor:
+        if size not in self.graphs:
+            self.graphs[size] = self._record(size)
+        return self.graphs[size](self.input_ids[:size], self.positions[:size])
+
+    def _record(self, size: int) -> torch.fx.GraphModule:
+        from torch.fx.experimental.proxy_tensor import make_fx  # imports torch._dynamo: seconds, so only here
+
+        started = time.perf_counter()
+        with forward_context(self._metadata(size)):
+            graph = make_fx(self.model)(self.input_ids[:size], self.positions[:size])
+        logger.info("recorded the CPU decode graph for batch size %d in %.1f s", size, time.perf_counter() - started)
+        return graph
