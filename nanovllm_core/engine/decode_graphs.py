@@ -4,7 +4,7 @@ A decode step of a small model is mostly overhead around the kernels: launches
 on a GPU, Python (module calls, attribute lookups, argument checks) on a CPU.
 A graph replays the whole forward pass without it: a CUDA graph launches all
 the kernels at once; on a CPU, the operators one forward pass called, recorded
-by ``make_fx``, run as straight-line code. Each graph reads its inputs from
+into an FX graph, run as straight-line code. Each graph reads its inputs from
 static buffers; a batch of n sequences runs in the smallest captured size >= n,
 the extra rows padded with slot -1 (nothing is stored) and context length 0
 (nothing is read).
@@ -17,10 +17,13 @@ input tensors and the batch size: attention backends say so with
 from __future__ import annotations
 
 import logging
+import operator
 import time
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nanovllm_core.attention import AttentionMetadata, forward_context
 
@@ -28,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 CUDA_BATCH_SIZES = (1, 2, 4, 8, *range(16, 513, 16))
 # On a CPU the Python a graph saves is a large share of a step of a few sequences and a
-# small one beyond 8, while recording a size takes seconds (docs/benchmarks.md).
+# small one beyond 8 (docs/benchmarks.md).
 CPU_BATCH_SIZES = (1, 2, 4, 8)
 
 
@@ -111,9 +114,8 @@ class CudaGraphRunner(DecodeGraphRunner):
 
 
 class CpuGraphRunner(DecodeGraphRunner):
-    """Each size recorded the first time a batch needs it (seconds, for a model of 30 layers
-    on 2 cores), so that an engine, a test's among them, pays only for the sizes it uses. A recording holds the weights, the KV cache and the metadata buffers as constants:
-    references to the tensors, which a replay reads as they are then."""
+    """Each size recorded the first time a batch needs it, so that an engine, a test's among
+    them, pays only for the sizes it uses; a recording costs about one forward pass."""
 
     def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, device: torch.device):
         super().__init__(model, [size for size in CPU_BATCH_SIZES if size <= max_batch_size], max_blocks_per_seq,
@@ -126,10 +128,62 @@ class CpuGraphRunner(DecodeGraphRunner):
         return self.graphs[size](self.input_ids[:size], self.positions[:size])
 
     def _record(self, size: int) -> torch.fx.GraphModule:
-        from torch.fx.experimental.proxy_tensor import make_fx  # imports torch._dynamo: seconds, so only here
-
         started = time.perf_counter()
-        with forward_context(self._metadata(size)):
-            graph = make_fx(self.model)(self.input_ids[:size], self.positions[:size])
-        logger.info("recorded the CPU decode graph for batch size %d in %.1f s", size, time.perf_counter() - started)
+        inputs = (self.input_ids[:size], self.positions[:size])
+        recorder = OperatorRecorder(inputs)
+        with forward_context(self._metadata(size)), recorder:
+            hidden_states = self.model(*inputs)
+        graph = recorder.graph_module(hidden_states)
+        logger.info("recorded the CPU decode graph for batch size %d (%d operators) in %.2f s", size,
+                    len(graph.graph.nodes), time.perf_counter() - started)
         return graph
+
+
+class OperatorRecorder(TorchDispatchMode):
+    """Records the operators a function calls, as they reach the dispatcher, into an FX
+    graph whose placeholders are ``inputs``; every other tensor an operator reads (a weight,
+    the KV cache, a buffer) becomes a constant that refers to that tensor. Python values
+    the function computed on the way (shapes, branches taken) are fixed as recorded.
+    (make_fx records the same graph but builds fake-tensor metadata for every value: a
+    thousand times slower here, and it imports torch._dynamo.)"""
+
+    def __init__(self, inputs: tuple[torch.Tensor, ...]):
+        super().__init__()
+        self.graph = torch.fx.Graph()
+        self.constants: dict[str, torch.Tensor] = {}
+        self._nodes: dict[int, torch.fx.Node] = {}
+        self._seen: list[torch.Tensor] = []  # kept alive, so that no other tensor takes a recorded id
+        for index, tensor in enumerate(inputs):
+            self._bind(tensor, self.graph.placeholder(f"input_{index}"))
+
+    def _bind(self, tensor: torch.Tensor, node: torch.fx.Node) -> None:
+        self._nodes[id(tensor)] = node
+        self._seen.append(tensor)
+
+    def _node(self, value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        node = self._nodes.get(id(value))
+        if node is None:
+            name = f"constant_{len(self.constants)}"
+            self.constants[name] = value
+            node = self.graph.get_attr(name)
+            self._bind(value, node)
+        return node
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        node_args, node_kwargs = pytree.tree_map(self._node, (args, kwargs))
+        node = self.graph.call_function(func, node_args, node_kwargs)
+        if isinstance(out, torch.Tensor):
+            self._bind(out, node)
+        elif isinstance(out, (tuple, list)):
+            for index, item in enumerate(out):
+                if isinstance(item, torch.Tensor):
+                    self._bind(item, self.graph.call_function(operator.getitem, (node, index)))
+        return out
+
+    def graph_module(self, output: torch.Tensor) -> torch.fx.GraphModule:
+        self.graph.output(self._node(output))
+        return torch.fx.GraphModule(self.constants, self.graph)
