@@ -168,3 +168,53 @@ def test_sentence_transformers_pooling_is_read_and_unknown_modules_refused(tmp_p
     (tmp_path / "modules.json").write_text(json.dumps([*modules, dense]))
     with pytest.raises(ValueError, match=r"\['Dense'\] are not supported"):
         read_pooler_config(tmp_path)
+
+
+def test_a_recorded_operator_graph_replays_with_new_inputs_and_constants_as_they_are_then():
+    """The CPU decode graphs' recorder: tuple and list outputs, an in-place update of a tensor
+    the function does not take (as a layer stores into the KV cache), and a constant read after
+    it changed; the replay must compute what calling the function again computes."""
+    from nanovllm_core.engine.decode_graphs import OperatorRecorder
+
+    cache = torch.zeros(4)
+    weight = torch.tensor([1.0, 2.0, 3.0, 4.0])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        low, high = x.split(2)
+        top, index = torch.max(x * weight, dim=0)
+        cache.add_(x)  # a mutation the caller sees only through `cache`
+        return torch.cat([high, low]) + top * index + cache.sum()
+
+    example = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    recorder = OperatorRecorder((example,))
+    with recorder:
+        expected = forward(example)
+    graph = recorder.graph_module(expected)
+    cache.zero_()
+    torch.testing.assert_close(graph(example), expected)  # the same inputs and state: the same result
+    weight[0] = 10.0  # constants are read at replay, as they are then
+    fresh = torch.tensor([3.0, 0.0, -2.0, 1.0])
+    replayed, before = graph(fresh), cache.clone()
+    cache.copy_(before - fresh)  # undo the replay's update, then call the function itself
+    torch.testing.assert_close(replayed, forward(fresh))
+    torch.testing.assert_close(cache, before)
+
+
+def test_recording_operators_does_not_import_torch_dynamo():
+    """Regression: the recorder's first operator imported torch._dynamo (TorchDispatchMode's
+    default wraps __torch_dispatch__ in torch._dynamo.disable), about 150 MB more in every server."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from nanovllm_core.engine.decode_graphs import OperatorRecorder\n"
+        "x = torch.ones(3)\n"
+        "recorder = OperatorRecorder((x,))\n"
+        "with recorder:\n"
+        "    y = x * 2\n"
+        "assert recorder.graph_module(y)(x).tolist() == [2.0, 2.0, 2.0]\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -144,8 +144,7 @@ class OperatorRecorder(TorchDispatchMode):
     graph whose placeholders are ``inputs``; every other tensor an operator reads (a weight,
     the KV cache, a buffer) becomes a constant that refers to that tensor. Python values
     the function computed on the way (shapes, branches taken) are fixed as recorded.
-    (make_fx records the same graph but builds fake-tensor metadata for every value: a
-    thousand times slower here, and it imports torch._dynamo.)"""
+    (make_fx records the same graph, but slowly: docs/architecture.md says why not it.)"""
 
     def __init__(self, inputs: tuple[torch.Tensor, ...]):
         super().__init__()
@@ -155,6 +154,12 @@ class OperatorRecorder(TorchDispatchMode):
         self._seen: list[torch.Tensor] = []  # kept alive, so that no other tensor takes a recorded id
         for index, tensor in enumerate(inputs):
             self._bind(tensor, self.graph.placeholder(f"input_{index}"))
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # True, the default, wraps __torch_dispatch__ in torch._dynamo.disable, whose import on
+        # the first operator adds about 150 MB to the process; nothing here is ever compiled
+        return False
 
     def _bind(self, tensor: torch.Tensor, node: torch.fx.Node) -> None:
         self._nodes[id(tensor)] = node
