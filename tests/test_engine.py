@@ -1,5 +1,7 @@
 """LLMEngine behaviour on the real model: validation, abort, stops, seeds, logprobs."""
 
+import os
+
 import pytest
 
 from conftest import chat_prompt
@@ -151,3 +153,27 @@ def test_cpu_decode_graphs_replay_the_eager_steps(tmp_path, smollm2_tokenizer):
     for (eager_id, eager_token), (graph_id, graph_token) in zip(steps[True], steps[False]):
         assert (graph_id, graph_token.token_id) == (eager_id, eager_token.token_id)
         assert graph_token.logprob == pytest.approx(eager_token.logprob, abs=1e-4)
+
+
+def test_the_cpu_kv_cache_becomes_resident_only_as_blocks_are_written(tmp_path, smollm2_tokenizer):
+    """Regression: the cache was written whole at start (torch.zeros), so a server held all
+    that max_num_seqs x max_model_len could use (755 MiB of SmolLM2's 32 x 512) from the
+    first second; the blocks are still zeros to whoever reads them first."""
+    from nanovllm_core import LLM
+    from tiny_models import make_tiny_checkpoint
+
+    def resident_mib() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+    checkpoint = str(make_tiny_checkpoint("LlamaForCausalLM", tmp_path, smollm2_tokenizer))
+    before = resident_mib()
+    llm = LLM(checkpoint, dtype="float32", max_num_seqs=1024, max_model_len=512, kv_cache_memory_gb=1.0,
+              enforce_eager=True)
+    runner = llm.engine.runner
+    cache_mib = runner.num_blocks * runner.kv_bytes_per_block() / (1 << 20)
+    assert cache_mib > 200 and resident_mib() - before < cache_mib / 4
+    layer = runner.attention_layers[0]
+    assert not layer.k_cache.any() and not layer.v_cache.any()
+    result = llm.generate([[5] * 20], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)[0]
+    assert len(result["token_ids"]) == 4 and layer.k_cache.any()

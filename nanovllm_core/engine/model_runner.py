@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 import os
 
 import torch
@@ -196,8 +198,19 @@ class ModelRunner:
         shape = self.backend.kv_cache_shape(num_blocks)
         for layer in self.attention_layers:
             layer.backend = self.backend
-            layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            layer.k_cache = self._zeroed_cache(shape)
+            layer.v_cache = self._zeroed_cache(shape)
+
+    def _zeroed_cache(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """On a CPU, mapped from anonymous memory: the system's zero pages, which become
+        resident only when a block is first written, so a server holds the memory its
+        sequences use rather than all that the configuration could (torch.zeros writes
+        every page at start)."""
+        if self.device.type != "cpu":
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+        count = math.prod(shape)
+        pages = mmap.mmap(-1, max(count * self.dtype.itemsize, 1))
+        return torch.frombuffer(pages, dtype=self.dtype, count=count).view(shape)
 
     @torch.inference_mode()
     def _profile_activation_memory(self) -> int:
