@@ -95,14 +95,21 @@ def make_case(batch: Batch, dtype: torch.dtype, seed: int = 0) -> Case:
                 randn(cached, batch.kv_heads), randn(cached, batch.kv_heads))
 
 
-def run(backend_cls, case: Case, sliding_window: int | None = None) -> torch.Tensor:
+def run(backend_cls, case: Case, sliding_window: int | None = None, cache_dtype: torch.dtype | None = None,
+        generic_only: bool = False) -> torch.Tensor:
+    """``generic_only``: the cpu backend's kernel runs its portable loops (decodes only)."""
     batch = case.batch
     backend = backend_cls(batch.heads, batch.kv_heads, batch.head_dim, batch.block_size)
-    k_cache = torch.zeros(backend.kv_cache_shape(NUM_BLOCKS), dtype=case.query.dtype, device=DEVICE)
+    k_cache = torch.zeros(backend.kv_cache_shape(NUM_BLOCKS), dtype=cache_dtype or case.query.dtype, device=DEVICE)
     v_cache = torch.zeros_like(k_cache)
     if case.prefix_key.shape[0]:
         backend.store(case.prefix_key, case.prefix_value, k_cache, v_cache, prefix_slots(batch, case.metadata))
     window = {} if sliding_window is None else {"sliding_window": sliding_window}
+    if generic_only:
+        m = case.metadata
+        backend.store(case.key, case.value, k_cache, v_cache, m.slot_mapping)
+        return cpu_kernels.paged_decode_attention(case.query, k_cache, v_cache, m.block_tables, m.context_lens,
+                                                  batch.head_dim**-0.5, generic_only=True, **window).float().cpu()
     out = backend.forward(case.query, case.key, case.value, k_cache, v_cache, case.metadata, batch.head_dim**-0.5,
                           **window)
     return out.float().cpu()
@@ -278,6 +285,23 @@ def test_cpu_kernel_portable_loops_match_its_vector_code(dtype):
     ours = cpu_kernels.paged_decode_attention(case.query, k_cache, v_cache, m.block_tables, m.context_lens, 0.125,
                                               sliding_window=37, generic_only=True)
     torch.testing.assert_close(ours.float(), windowed, atol=tolerance, rtol=tolerance)
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [CPU_DECODE_BATCHES[-2], BATCHES[2]], ids=["long-decodes", "mixed"])
+def test_float32_queries_on_a_16_bit_cache(batch, cache_dtype):
+    """A quantized float32 model keeps its CPU cache in float16: stores round the K/V to the
+    cache's dtype, and both backends (the kernel's vector and portable paths too) attend in
+    float32 over the same rounded values, decodes and prefills over a cached prefix alike."""
+    case = make_case(batch, torch.float32)
+    on_torch = run(TorchAttentionBackend, case, cache_dtype=cache_dtype)
+    torch.testing.assert_close(run(CpuAttentionBackend, case, cache_dtype=cache_dtype), on_torch, atol=2e-5, rtol=1e-4)
+    if batch is CPU_DECODE_BATCHES[-2]:
+        generic = run(CpuAttentionBackend, case, cache_dtype=cache_dtype, generic_only=True)
+        torch.testing.assert_close(generic, on_torch, atol=2e-5, rtol=1e-4)
+    # against a float32 cache: the 16-bit one costs its rounding, no more
+    torch.testing.assert_close(on_torch, run(TorchAttentionBackend, case), atol=2e-2, rtol=2e-2)
 
 
 def test_auto_picks_the_cpu_kernels_and_falls_back_to_torch(monkeypatch):

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 from conftest import chat_prompt
 from nanovllm_core import SamplingParams
@@ -177,3 +178,25 @@ def test_the_cpu_kv_cache_becomes_resident_only_as_blocks_are_written(tmp_path, 
     assert not layer.k_cache.any() and not layer.v_cache.any()
     result = llm.generate([[5] * 20], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)[0]
     assert len(result["token_ids"]) == 4 and layer.k_cache.any()
+
+
+def test_a_quantized_model_keeps_a_float16_cache_and_a_cached_prefix_changes_nothing(tmp_path, smollm2_tokenizer):
+    """A float32 model with quantized weights keeps its CPU cache in float16. Regression: a
+    prompt's first prefill attended to its new K/V in float32 while a later prompt sharing
+    its prefix read them rounded from the cache, so the same prompt answered differently the
+    second time (seen as a different greedy reply from Gemma 3 on a repeated request)."""
+    from nanovllm_core import LLM
+    from tiny_models import make_tiny_checkpoint
+
+    checkpoint = str(make_tiny_checkpoint("LlamaForCausalLM", tmp_path, smollm2_tokenizer))
+    engine = LLM(checkpoint, dtype="float32", quantization="int8", max_num_seqs=4).engine
+    assert engine.runner.attention_layers[0].k_cache.dtype == torch.float16
+    prompt = [11 + (7 * i) % 50 for i in range(40)]
+    runs = []
+    for request_id in ("fresh", "cached"):
+        engine.add_request(request_id, prompt, SamplingParams(max_tokens=8, temperature=0, logprobs=0))
+        runs.append([out.new_logprobs[0] for out in run_to_end(engine)])
+    assert engine.block_manager.prefix_cache_hits >= 32  # the second prompt's first two blocks
+    fresh, cached = runs
+    assert [t.token_id for t in cached] == [t.token_id for t in fresh]
+    assert [t.logprob for t in cached] == pytest.approx([t.logprob for t in fresh], abs=1e-6)

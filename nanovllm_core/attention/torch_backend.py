@@ -45,8 +45,9 @@ class TorchAttentionBackend(AttentionBackend):
 
     def store(self, key, value, k_cache, v_cache, slot_mapping):
         kv_heads, head_dim = k_cache.shape[0], k_cache.shape[-1]
-        k_cache.view(kv_heads, -1, head_dim).index_copy_(1, slot_mapping, key.transpose(0, 1))
-        v_cache.view(kv_heads, -1, head_dim).index_copy_(1, slot_mapping, value.transpose(0, 1))
+        # .to: a float32 model may keep a 16-bit cache on the CPU (model_runner.kv_cache_dtype)
+        k_cache.view(kv_heads, -1, head_dim).index_copy_(1, slot_mapping, key.transpose(0, 1).to(k_cache.dtype))
+        v_cache.view(kv_heads, -1, head_dim).index_copy_(1, slot_mapping, value.transpose(0, 1).to(v_cache.dtype))
 
     def _gather(self, cache: torch.Tensor, block_tables: torch.Tensor, workspace: str) -> torch.Tensor:
         """[kv_heads, num_seqs, num_blocks * block_size, head_dim], copied block by block.
@@ -75,8 +76,8 @@ class TorchAttentionBackend(AttentionBackend):
         block_tables = metadata.block_tables[:num_seqs]
         blocks_needed = -(-max(metadata.context_lens_host[:num_seqs]) // self.block_size)
         block_tables = block_tables[:, :blocks_needed]
-        keys = self._gather(k_cache, block_tables, "keys")
-        values = self._gather(v_cache, block_tables, "values")
+        keys = self._gather(k_cache, block_tables, "keys").to(query.dtype)
+        values = self._gather(v_cache, block_tables, "values").to(query.dtype)
         group = self.num_heads // self.num_kv_heads
         # [kv_heads, seqs, group, head_dim]: each kv head's query group in one matmul
         grouped = query.view(num_seqs, self.num_kv_heads, group, self.head_dim).transpose(0, 1)
@@ -98,10 +99,12 @@ class TorchAttentionBackend(AttentionBackend):
         windowed = sliding_window is not None and sliding_window < context_len
         if context_len == query_len:  # nothing cached before this chunk: attend to the new K/V
             k, v = key[start:end].transpose(0, 1), value[start:end].transpose(0, 1)
+            if k_cache.dtype != k.dtype:  # as rounded in the cache: what the same prompt reads there when cached
+                k, v = k.to(k_cache.dtype).to(k.dtype), v.to(v_cache.dtype).to(v.dtype)
         else:
             block_tables = metadata.block_tables[index : index + 1, : -(-context_len // self.block_size)]
-            k = self._gather(k_cache, block_tables, "keys")[:, 0, :context_len]
-            v = self._gather(v_cache, block_tables, "values")[:, 0, :context_len]
+            k = self._gather(k_cache, block_tables, "keys")[:, 0, :context_len].to(q.dtype)
+            v = self._gather(v_cache, block_tables, "values")[:, 0, :context_len].to(q.dtype)
         if context_len == query_len and not windowed:
             return self._sdpa(q, k, v, scale, is_causal=True, mask=None)
         # query i sits at absolute position context_len - query_len + i

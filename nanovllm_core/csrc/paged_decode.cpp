@@ -64,7 +64,7 @@ struct VectorBlock {
     if constexpr (std::is_same_v<T, float>) {
       return rows;
     } else {
-      load_floats(rows, rows_f32.data(), n * kDim);
+      for (int64_t i = 0; i < n * kDim; i += V::kWidth) V::store(&rows_f32[i], V::load(rows + i));  // F16C / shifts
       return rows_f32.data();
     }
   }
@@ -126,19 +126,20 @@ inline void softmax_rows(float* scores, int64_t group, int64_t length, float* in
   }
 }
 
-template <typename T, typename Block>
+// Q: the query's and output's type; T: the cache's (a float32 model may keep a 16-bit cache)
+template <typename Q, typename T, typename Block>
 void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
             const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale,
             int64_t window) {
   const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
   const int64_t kv_heads = k_cache.size(0), num_blocks = k_cache.size(1), block_size = k_cache.size(2);
   const int64_t group = num_heads / kv_heads, table_width = block_tables.size(1);
-  const T* q = query.data_ptr<T>();
+  const Q* q = query.data_ptr<Q>();
   const T* k = k_cache.data_ptr<T>();
   const T* v = v_cache.data_ptr<T>();
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   const int32_t* lens = context_lens.data_ptr<int32_t>();
-  T* o = out.data_ptr<T>();
+  Q* o = out.data_ptr<Q>();
   const int64_t block_elems = block_size * head_dim, head_elems = num_blocks * block_elems;
 
   at::parallel_for(0, num_seqs * kv_heads, 1, [&](int64_t begin, int64_t end) {
@@ -149,7 +150,7 @@ void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor
       const int32_t* table = tables + seq * table_width;
       const int64_t first_query = (seq * num_heads + head * group) * head_dim;
       if (context_len <= 0) {  // nothing to attend to: a zero output rather than a read of row[-1]
-        std::fill(o + first_query, o + first_query + group * head_dim, static_cast<T>(0.f));
+        std::fill(o + first_query, o + first_query + group * head_dim, static_cast<Q>(0.f));
         continue;
       }
       // the keys the query (at context_len - 1) sees: all, or the window's last ones;
@@ -186,12 +187,12 @@ void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor
 
       for (int64_t g = 0; g < group; ++g)
         for (int64_t d = 0; d < head_dim; ++d)
-          o[first_query + g * head_dim + d] = static_cast<T>(acc[g * head_dim + d] * inverse_sums[g]);
+          o[first_query + g * head_dim + d] = static_cast<Q>(acc[g * head_dim + d] * inverse_sums[g]);
     }
   });
 }
 
-template <typename T>
+template <typename Q, typename T>
 void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& block_tables, const at::Tensor& context_lens, at::Tensor& out, float scale,
                        int64_t window, bool generic_only) {
@@ -200,16 +201,16 @@ void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const
   using V = NativeFloats;
   if (!generic_only) {
     switch (query.size(2) % V::kWidth ? 0 : query.size(2) / V::kWidth) {
-      case 2: return decode<T, VectorBlock<T, V, 2>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
-      case 4: return decode<T, VectorBlock<T, V, 4>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
-      case 8: return decode<T, VectorBlock<T, V, 8>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
-      case 16: return decode<T, VectorBlock<T, V, 16>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
-      case 32: return decode<T, VectorBlock<T, V, 32>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 2: return decode<Q, T, VectorBlock<T, V, 2>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 4: return decode<Q, T, VectorBlock<T, V, 4>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 8: return decode<Q, T, VectorBlock<T, V, 8>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 16: return decode<Q, T, VectorBlock<T, V, 16>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+      case 32: return decode<Q, T, VectorBlock<T, V, 32>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
       default: break;
     }
   }
 #endif
-  decode<T, GenericBlock<T>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
+  decode<Q, T, GenericBlock<T>>(query, k_cache, v_cache, block_tables, context_lens, out, scale, window);
 }
 
 }  // namespace
@@ -217,14 +218,15 @@ void dispatch_head_dim(const at::Tensor& query, const at::Tensor& k_cache, const
 // The new tokens' K and V written to their slots of the head-major cache, in one
 // operator: the torch path takes two index_copy_ calls and four views per layer,
 // which at one token per step cost more than the copy.
-void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
+void store_kv(const at::Tensor& new_key, const at::Tensor& new_value, at::Tensor& k_cache, at::Tensor& v_cache,
               const at::Tensor& slot_mapping) {
+  // a float32 model may keep a 16-bit cache: the new tokens rounded to it first
+  const at::Tensor key = new_key.to(k_cache.scalar_type()), value = new_value.to(v_cache.scalar_type());
   TORCH_CHECK(key.dim() == 3 && value.dim() == 3 && key.sizes() == value.sizes(), "store_kv: key/value [tokens, kv_heads, head_dim]");
   TORCH_CHECK(key.stride(2) == 1 && value.stride(2) == 1, "store_kv: head_dim must be contiguous");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes(),
               "store_kv: contiguous caches [kv_heads, blocks, block_size, head_dim]");
-  TORCH_CHECK(key.scalar_type() == k_cache.scalar_type() && value.scalar_type() == k_cache.scalar_type() &&
-              v_cache.scalar_type() == k_cache.scalar_type(), "store_kv: dtypes differ");
+  TORCH_CHECK(v_cache.scalar_type() == k_cache.scalar_type(), "store_kv: K and V cache dtypes differ");
   const int64_t tokens = key.size(0), kv_heads = key.size(1), head_dim = key.size(2);
   TORCH_CHECK(k_cache.size(0) == kv_heads && k_cache.size(3) == head_dim, "store_kv: cache and key shapes differ");
   TORCH_CHECK(slot_mapping.numel() == tokens, "store_kv: one slot per token");
@@ -251,8 +253,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
                                   int64_t window, bool generic_only) {
   TORCH_CHECK(query.dim() == 3 && k_cache.dim() == 4, "query [seqs, heads, head_dim], cache [kv_heads, blocks, block, head_dim]");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "the KV cache must be contiguous");
-  TORCH_CHECK(query.scalar_type() == k_cache.scalar_type() && v_cache.scalar_type() == k_cache.scalar_type(),
-              "query and cache dtypes differ");
+  TORCH_CHECK(v_cache.scalar_type() == k_cache.scalar_type(), "K and V cache dtypes differ");
   TORCH_CHECK(block_tables.scalar_type() == at::kInt && context_lens.scalar_type() == at::kInt,
               "block_tables and context_lens must be int32");
   TORCH_CHECK(query.size(1) % k_cache.size(0) == 0, "heads must be a multiple of kv heads");
@@ -261,13 +262,20 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
   const at::Tensor tables = block_tables.contiguous();
   const at::Tensor lens = context_lens.contiguous();
   at::Tensor out = at::empty_like(q);
-  switch (q.scalar_type()) {  // no double: the AVX-512 code has no double loads, and no model runs in double
-    case at::kFloat: dispatch_head_dim<float>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only); break;
-    case at::kBFloat16:
-      dispatch_head_dim<at::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only);
-      break;
-    case at::kHalf: dispatch_head_dim<at::Half>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only); break;
-    default: TORCH_CHECK(false, "paged_decode_attention: unsupported dtype ", q.scalar_type());
+  // the query's dtype and the cache's; no double: the AVX-512 code has no double loads, and no model runs in double
+  const auto type = q.scalar_type(), cache_type = k_cache.scalar_type();
+  if (type == at::kFloat && cache_type == at::kFloat) {
+    dispatch_head_dim<float, float>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only);
+  } else if (type == at::kFloat && cache_type == at::kHalf) {
+    dispatch_head_dim<float, at::Half>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only);
+  } else if (type == at::kFloat && cache_type == at::kBFloat16) {
+    dispatch_head_dim<float, at::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only);
+  } else if (type == at::kBFloat16 && cache_type == at::kBFloat16) {
+    dispatch_head_dim<at::BFloat16, at::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only);
+  } else if (type == at::kHalf && cache_type == at::kHalf) {
+    dispatch_head_dim<at::Half, at::Half>(q, k_cache, v_cache, tables, lens, out, scale, window, generic_only);
+  } else {
+    TORCH_CHECK(false, "paged_decode_attention: a ", type, " query on a ", cache_type, " cache is not supported");
   }
   return out;
 }

@@ -112,6 +112,7 @@ class ModelRunner:
         if self.device.type == "cpu":
             load_cpu_kernels()
         self.model = self._build_model(source)
+        self.kv_cache_dtype = self._kv_cache_dtype()
         # only rank 0 samples; the other ranks never need (or load) the sampler
         self.sampler = plugins.samplers().get(config.sampler)() if get_tp_rank() == 0 else None
         self.pooler_config = pooler_config
@@ -128,8 +129,9 @@ class ModelRunner:
         self.num_blocks = self._allocate_kv_cache() if self.keeps_kv else self._attend_without_cache()
         self.decode_graphs = self._capture_decode_graphs()
         logger.info(
-            "model %s on %s in %s, attention backend %s, KV cache %d blocks of %d tokens",
+            "model %s on %s in %s, attention backend %s, KV cache %d blocks of %d tokens in %s",
             hf_config.architectures[0], self.device, self.dtype, self.backend.name, self.num_blocks, self.block_size,
+            self.kv_cache_dtype,
         )
 
     def _build_model(self, source: ModelSource) -> nn.Module:
@@ -168,9 +170,19 @@ class ModelRunner:
             return "none"
         return native
 
+    def _kv_cache_dtype(self) -> torch.dtype:
+        """The model's dtype, but float16 for a float32 model with quantized weights on a CPU
+        (llama.cpp's cache is float16 too): quantizing the weights moves the outputs further
+        than a float16 cache does, and the cache then holds half the bytes, which decode
+        attention reads at half the cost."""
+        quantized = any(getattr(module, "quantized", None) is not None for module in self.model.modules())
+        if self.device.type == "cpu" and quantized and self.dtype == torch.float32:
+            return torch.float16
+        return self.dtype
+
     def kv_bytes_per_block(self) -> int:
         layer = self.attention_layers[0]
-        per_layer = 2 * self.block_size * layer.num_kv_heads * layer.head_dim * self.dtype.itemsize
+        per_layer = 2 * self.block_size * layer.num_kv_heads * layer.head_dim * self.kv_cache_dtype.itemsize
         return per_layer * len(self.attention_layers)
 
     def _kv_cache_budget(self) -> int:
@@ -207,10 +219,10 @@ class ModelRunner:
         sequences use rather than all that the configuration could (torch.zeros writes
         every page at start)."""
         if self.device.type != "cpu":
-            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+            return torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
         count = math.prod(shape)
-        pages = mmap.mmap(-1, max(count * self.dtype.itemsize, 1))
-        return torch.frombuffer(pages, dtype=self.dtype, count=count).view(shape)
+        pages = mmap.mmap(-1, max(count * self.kv_cache_dtype.itemsize, 1))
+        return torch.frombuffer(pages, dtype=self.kv_cache_dtype, count=count).view(shape)
 
     @torch.inference_mode()
     def _profile_activation_memory(self) -> int:
