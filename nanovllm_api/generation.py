@@ -76,6 +76,8 @@ async def outputs_of(ctx: ServingContext, generation: Generation) -> AsyncIterat
             timers[index].tokens(len(output.new_token_ids))
             if output.finished:
                 timers[index].finished(output.finish_reason)
+            if output.error is not None:
+                raise InternalError(output.error, code="engine_error")
             yield index, output
     except asyncio.TimeoutError as error:
         raise RequestTimeout(f"The request took longer than {timeout} s and was aborted.") from error

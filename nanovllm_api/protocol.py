@@ -19,7 +19,7 @@ from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.model_info import ModelInfo
 from nanovllm_core.pooling import PoolingParams
-from nanovllm_core.sampling_params import SamplingParams
+from nanovllm_core.sampling_params import INT64_MAX, INT64_MIN, MAX_COUNT, SamplingParams
 
 # fields of the OpenAI API that this server recognises but does not implement
 UNSUPPORTED_FIELDS = {
@@ -49,7 +49,14 @@ MAX_GUIDED_CHOICE_CHARS = 4096
 MAX_GUIDED_SPEC_CHARS = 65536  # a regular expression or grammar
 GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")  # vLLM's older fields
 
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# Every number a request may send has its range here, as the engine can hold it
+# (nanovllm_core.sampling_params); /openapi.json publishes them (tests/test_bounds.py).
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+PositiveCount = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+TokenId = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]  # and below the vocabulary's size: the engine checks
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+# a token id as a JSON object key: ASCII digits only (str.isdigit takes '²', which int() refuses)
+TokenIdKey = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
 GuidedSpec = Annotated[str, Field(max_length=MAX_GUIDED_SPEC_CHARS)]
 GuidedChoices = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_GUIDED_CHOICE_CHARS)]],
                           Field(min_length=1, max_length=MAX_GUIDED_CHOICES)]
@@ -232,25 +239,25 @@ class SamplingFields(RequestModel):
     """Sampling parameters shared by chat and completions (OpenAI's and vLLM's names)."""
 
     model: str | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: PositiveCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=MAX_COUNT)] | None = None
     min_p: Probability | None = None
     n: Annotated[int, Field(ge=1, le=16)] = 1
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    stop_token_ids: Annotated[list[NonNegativeInt], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     include_stop_str_in_output: bool = False
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
     logit_bias: Annotated[
-        dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS_ENTRIES)
+        dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS_ENTRIES)
     ] | None = None
     ignore_eos: bool = False
     prompt_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # vLLM's: each prompt token's logprob
-    min_tokens: NonNegativeInt = 0
+    min_tokens: Count = 0
     skip_special_tokens: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -334,12 +341,11 @@ class SamplingFields(RequestModel):
     def _logit_bias(self, vocab_size: int) -> dict[int, float] | None:
         if not self.logit_bias:
             return None
-        bias = {}
-        for key, value in self.logit_bias.items():
-            if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
-                raise InvalidRequestError(f"logit_bias key {key!r} is not a token id in [0, {vocab_size})",
-                                          param="logit_bias")
-            bias[int(key)] = value
+        bias = {int(key): value for key, value in self.logit_bias.items()}  # keys are ASCII digits
+        bad = [token for token in bias if token >= vocab_size]
+        if bad:
+            raise InvalidRequestError(f"logit_bias keys are not token ids in [0, {vocab_size}): {bad[:5]}",
+                                      param="logit_bias")
         return bias
 
 
@@ -365,7 +371,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: PositiveCount | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     add_generation_prompt: bool = True
@@ -382,14 +388,14 @@ class ChatCompletionRequest(SamplingFields):
 
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # as OpenAI's completions endpoint
-PromptInput = str | list[str] | list[StrictInt] | list[list[StrictInt]]
+PromptInput = str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
 class CompletionRequest(SamplingFields):
     prompt: PromptInput
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    best_of: Annotated[int, Field(ge=1)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=16)] | None = None  # n's range: only best_of == n is served
 
     def max_output_tokens(self) -> int | None:
         return self.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
@@ -403,10 +409,10 @@ MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit
 
 class EmbeddingRequest(RequestModel):
     model: str | None = None
-    input: str | Annotated[list[str], Field(max_length=MAX_EMBEDDING_INPUTS)] | list[StrictInt] | Annotated[
-        list[list[StrictInt]], Field(max_length=MAX_EMBEDDING_INPUTS)]
+    input: str | Annotated[list[str], Field(max_length=MAX_EMBEDDING_INPUTS)] | list[TokenId] | Annotated[
+        list[list[TokenId]], Field(max_length=MAX_EMBEDDING_INPUTS)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Field(ge=1)] | None = None
+    dimensions: PositiveCount | None = None
 
     def to_pooling_params(self) -> PoolingParams:
         return PoolingParams(dimensions=self.dimensions)
@@ -422,7 +428,7 @@ class TokenizeRequest(RequestModel):
 
 class DetokenizeRequest(RequestModel):
     model: str | None = None
-    tokens: list[NonNegativeInt]
+    tokens: list[TokenId]
 
 
 # responses
@@ -676,10 +682,10 @@ class ResponsesRequest(RequestModel):
     input: str | Annotated[list[InputMessageItem | FunctionCallItem | FunctionCallOutputItem],
                            Field(min_length=1, max_length=MAX_RESPONSE_INPUT_ITEMS)]
     instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: PositiveCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: int | None = None  # an extension, as vLLM's
+    seed: Seed | None = None  # an extension, as vLLM's
     tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
     parallel_tool_calls: bool = True

@@ -71,10 +71,12 @@ class ModelInfo:
                 f"{max(max_tokens, 1)} for the completion). Please reduce the prompt or the completion length."
             )
         self._check_token_ids(prompt_token_ids, "prompt")  # after the length check bounds the cost
+        self._check_token_ids(params.stop_token_ids, "stop_token_ids")
+        self._check_token_ids(list(params.logit_bias or ()), "logit_bias")
         return params if params.max_tokens == max_tokens else replace(params, max_tokens=max_tokens)
 
-    def _check_token_ids(self, prompt_token_ids: list[int], param: str) -> None:
-        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
+    def _check_token_ids(self, token_ids: list[int], param: str) -> None:
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidRequestError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}", param=param)
 

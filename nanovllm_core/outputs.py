@@ -26,7 +26,7 @@ class RequestOutput:
     output_token_ids: list[int]  # every output token, on the final output; empty before
     text: str  # everything emitted, on the final output; empty before
     finished: bool
-    finish_reason: str | None  # "stop", "length" or "abort"
+    finish_reason: str | None  # "stop", "length", "abort" or "error"
     stop_reason: str | int | None  # the stop string or stop token that ended it
     num_prompt_tokens: int
     num_cached_tokens: int
@@ -34,3 +34,11 @@ class RequestOutput:
     # with prompt_logprobs, on the first output: one entry per prompt token, None for the first
     prompt_logprobs: list[SampledToken | None] | None = None
     embedding: Any = None  # an embedding request's vector (a float32 CPU tensor), on its only output
+    # finish_reason "error": the engine failed on this request alone (what failed is in the log, not here)
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, request_id: str, num_prompt_tokens: int, message: str) -> RequestOutput:
+        return cls(request_id=request_id, new_token_ids=[], new_text="", output_token_ids=[], text="", finished=True,
+                   finish_reason="error", stop_reason=None, num_prompt_tokens=num_prompt_tokens, num_cached_tokens=0,
+                   error=message)

@@ -8,6 +8,16 @@ from dataclasses import dataclass, field
 from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar.backend import GuidedDecoding
 
+# What the engine's sampling tensors hold, and so the range of every integer a request
+# may set (the API's request models take their bounds from here): counts and token ids
+# fit a 32-bit index; a seed is any integer (the engine keeps its low 63 bits), and the
+# API takes one within int64, as clients send it.
+MAX_COUNT = (1 << 31) - 1  # max_tokens, min_tokens, top_k, a token id
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+# Below this, dividing float32 logits by the temperature overflows to inf and the softmax
+# to NaN (1e-40 sampled garbage); such a request is greedy, as vLLM treats it.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass
 class SamplingParams:
@@ -38,6 +48,8 @@ class SamplingParams:
             self.stop = [self.stop]
         if self.top_k == -1:
             self.top_k = 0
+        if 0 < self.temperature < GREEDY_BELOW_TEMPERATURE:
+            self.temperature = 0.0
         self.validate()
 
     def validate(self) -> None:
@@ -45,10 +57,11 @@ class SamplingParams:
         checks = [
             ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "must be >= 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("top_k", self.top_k >= 0, "must be -1, 0 or positive"),
+            ("top_k", 0 <= self.top_k <= MAX_COUNT, f"must be -1, 0 or positive up to {MAX_COUNT}"),
             ("min_p", 0 <= self.min_p <= 1, "must be in [0, 1]"),
-            ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "must be at least 1"),
-            ("min_tokens", self.min_tokens >= 0, "must be >= 0"),
+            ("max_tokens", self.max_tokens is None or 1 <= self.max_tokens <= MAX_COUNT,
+             f"must be in [1, {MAX_COUNT}]"),
+            ("min_tokens", 0 <= self.min_tokens <= MAX_COUNT, f"must be in [0, {MAX_COUNT}]"),
             (
                 "min_tokens",
                 self.max_tokens is None or self.min_tokens <= self.max_tokens,
@@ -60,6 +73,7 @@ class SamplingParams:
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20, "must be in [0, 20]"),
             ("prompt_logprobs", self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "must be in [0, 20]"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "must be non-empty strings"),
+            ("stop_token_ids", all(0 <= t <= MAX_COUNT for t in self.stop_token_ids), "must be token ids"),
         ]
         for name, ok, message in checks:
             if not ok:

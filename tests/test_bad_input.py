@@ -85,6 +85,13 @@ FIELD_CASES = [
     ({"prompt": "x", "min_tokens": 10**12, "max_tokens": 1}, "min_tokens"),
     ({"prompt": "x", "stop_token_ids": [-5]}, "stop_token_ids"),
     ({"prompt": "x", "logit_bias": {"99999999": 1}}, "logit_bias"),
+    # the outside audit's: top_k 2^63 killed the engine building its tensors; '²' passed isdigit() and not int()
+    ({"prompt": "x", "top_k": 2**63}, "top_k"),
+    ({"prompt": "x", "seed": 2**64}, "seed"),
+    ({"prompt": "x", "logit_bias": {"\u00b2": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"--5": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"1" * 5000: 1}}, "logit_bias"),
+    ({"prompt": "x", "stop_token_ids": [49152]}, "stop_token_ids"),
     ({"prompt": "x", "logit_bias": {str(t): 1 for t in range(301)}}, "logit_bias"),
     ({"prompt": "x", "stop": ["z" * 4097]}, "stop"),
     ({"prompt": "x", "stop_token_ids": list(range(1025))}, "stop_token_ids"),
@@ -102,6 +109,17 @@ def test_out_of_range_values_are_400_naming_the_field(server, body, param):
     assert_clean_error(response, 400)
     if param:
         assert response.json()["error"]["param"] == param
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy(server):
+    """1e-40 overflowed the logits to inf and sampled garbage; below 1e-5 is greedy, as vLLM has it."""
+    def complete(temperature):
+        body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": temperature, "seed": 1}
+        response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)
+        assert response.status_code == 200
+        return response.json()["choices"][0]["text"]
+
+    assert complete(1e-40) == complete(0) == complete(1e-6)
 
 
 def test_one_token_prompt_and_the_exact_context_limit(server):

@@ -200,3 +200,38 @@ def test_a_quantized_model_keeps_a_float16_cache_and_a_cached_prefix_changes_not
     fresh, cached = runs
     assert [t.token_id for t in cached] == [t.token_id for t in fresh]
     assert [t.logprob for t in cached] == pytest.approx([t.logprob for t in fresh], abs=1e-6)
+
+
+def test_a_request_whose_output_processing_raises_fails_alone(engine, monkeypatch):
+    """A fault after the model's step (detokenizing, grammar, stops) fails that request only."""
+    real_append = type(engine)._append
+
+    def append(self, seq, sampled):
+        if seq.request_id == "bad" and seq.num_output_tokens == 2:
+            raise RuntimeError("injected processing fault")
+        return real_append(self, seq, sampled)
+
+    monkeypatch.setattr(type(engine), "_append", append)
+    free_before = engine.block_manager.num_free_blocks
+    engine.add_request("bad", [5, 6, 7], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    engine.add_request("good", [5, 6, 8], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    finals = {out.request_id: out for out in run_to_end(engine) if out.finished}
+    assert finals["bad"].finish_reason == "error" and finals["bad"].error
+    assert finals["good"].finish_reason == "length" and len(finals["good"].output_token_ids) == 8
+    assert engine.block_manager.num_free_blocks == free_before and not engine.requests
+
+
+def test_an_engine_that_fails_every_step_says_so(engine, monkeypatch):
+    """When each sequence fails on its own as well, the engine's own probe tells a broken engine
+    from bad requests: the step raises, and the server's loop dies (and the process exits)."""
+    def broken(batch):
+        raise RuntimeError("injected device fault")
+
+    monkeypatch.setattr(engine.runner, "execute", broken)
+    free_before = engine.block_manager.num_free_blocks
+    engine.add_request("any", [5, 6, 7], SamplingParams(max_tokens=4))
+    with pytest.raises(RuntimeError, match="probe"):
+        engine.step()
+    monkeypatch.undo()
+    engine.abort_request("any")
+    assert engine.block_manager.num_free_blocks == free_before

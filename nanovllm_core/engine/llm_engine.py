@@ -12,7 +12,7 @@ from nanovllm_core.config import EngineConfig
 from nanovllm_core.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from nanovllm_core.engine.block_manager import BlockManager
 from nanovllm_core.engine.model_runner import ModelRunner
-from nanovllm_core.engine.scheduler import Scheduler
+from nanovllm_core.engine.scheduler import ScheduledBatch, Scheduler
 from nanovllm_core.engine.sequence import Sequence
 from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GrammarBackend, GuidedDecoding
@@ -235,10 +235,54 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        return self.scheduler.postprocess(batch, self.runner.execute(batch), self._process)
+        try:
+            results = self.runner.execute(batch)
+        except Exception:
+            results = self._execute_apart(batch)
+        return self.scheduler.postprocess(batch, results, self._process)
+
+    def _execute_apart(self, batch: ScheduledBatch) -> list:
+        """A step raised: run its sequences one at a time, so that a request that breaks
+        the model or the sampler fails alone (``RowFailed``) and the others go on. If every
+        one fails, a probe sequence of the engine's own tells a broken engine (raise) from
+        requests that are each bad."""
+        logger.exception("a step of %d sequences failed; running them one at a time", len(batch))
+        results = []
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            try:
+                results.append(self.runner.execute(ScheduledBatch([seq], [num_new]))[0])
+            except Exception:
+                logger.exception("request %s failed the step on its own; failing it", seq.request_id)
+                results.append(RowFailed())
+        if all(isinstance(result, RowFailed) for result in results):
+            self._probe()
+        return results
+
+    def _probe(self) -> None:
+        """Run one token of a sequence no request sent; raise if even that fails."""
+        probe = Sequence("engine-probe", [0], SamplingParams(temperature=0.0, max_tokens=1), seed=0)
+        if not self.block_manager.can_admit(probe, [], 1):
+            return  # no free block to probe with: the running sequences show soon enough
+        self.block_manager.admit(probe, [])
+        self.block_manager.append_slots(probe, 1)
+        try:
+            self.runner.execute(ScheduledBatch([probe], [1]))
+        except Exception as error:
+            raise RuntimeError("the engine fails a step of its own probe sequence too: it is broken") from error
+        finally:
+            self.block_manager.free(probe)
 
     def _process(self, seq: Sequence, result: SampledToken | object) -> RequestOutput:
-        return self._finish_embedding(seq, result) if seq.is_pooling else self._append(seq, result)
+        try:
+            if isinstance(result, RowFailed):
+                raise RuntimeError("its step failed")
+            return self._finish_embedding(seq, result) if seq.is_pooling else self._append(seq, result)
+        except Exception:
+            logger.exception("request %s failed; the others go on", seq.request_id)
+            seq.finish("error")
+            self.requests.pop(seq.request_id, None)
+            return RequestOutput.failed(seq.request_id, seq.num_prompt_tokens,
+                                        "The engine failed on this request; the others were not affected.")
 
     def _finish_embedding(self, seq: Sequence, embedding: object) -> RequestOutput:
         seq.finish("stop")
@@ -295,6 +339,10 @@ class LLMEngine:
             prompt_logprobs=seq.prompt_logprobs if params.prompt_logprobs is not None and seq.num_output_tokens == 1
             else None,
         )
+
+
+class RowFailed:
+    """In place of a sampled token: this sequence's step raised when run on its own."""
 
 
 def _matryoshka(hf_config) -> bool:
