@@ -190,3 +190,16 @@ def test_a_resumed_sequence_does_not_count_its_own_output_as_cached_prompt():
     manager.admit(seq, cached)
     assert seq.num_cached_tokens == 0 <= seq.num_prompt_tokens
     assert (manager.prefix_cache_hits, manager.prefix_cache_queries) == (0, 5)
+
+
+def test_block_keys_are_sha256_of_the_parent_key_and_the_tokens():
+    """Keys were Python's hash((parent, tokens)), where parents equal modulo 2**61 - 1 collide
+    (hash(5) == hash(5 + 2**61 - 1)): a crafted prompt could be served another user's K/V."""
+    import hashlib
+    import struct
+
+    tokens = tuple(range(100, 116))
+    first = chain_hash(None, tokens)
+    assert first == hashlib.sha256(struct.pack("<16q", *tokens)).digest()
+    assert chain_hash(first, tokens) == hashlib.sha256(first + struct.pack("<16q", *tokens)).digest()
+    assert chain_hash(first, tokens) != chain_hash(chain_hash(None, tokens[::-1]), tokens)

@@ -1,8 +1,10 @@
 """Paged KV cache bookkeeping: blocks, reference counts and hash-based prefix caching.
 
 A block holds ``block_size`` consecutive tokens of one or more sequences. Each
-sequence keeps the hashes of its full blocks, each chained to the one before
-(so equal hashes mean equal prefixes) and computed from token content alone.
+sequence keeps the keys of its full blocks: each a SHA-256 digest of the key of the
+block before and the block's tokens, so equal keys mean equal prefixes, and no
+prompt can be crafted to collide with another user's prefix (Python's ``hash``
+of a tuple can be: vLLM's CVE-2025-25183).
 Once a block is full its hash is registered, unless another block already holds
 that prefix; a later sequence whose prompt starts with the same tokens takes the
 registered block instead of computing it again. Freed blocks keep their hash and
@@ -12,6 +14,8 @@ allows.
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 
 from nanovllm_core.engine.sequence import Sequence
@@ -23,12 +27,13 @@ class Block:
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
-        self.hash: int | None = None
+        self.hash: bytes | None = None
         self.token_ids: tuple[int, ...] = ()
 
 
-def chain_hash(previous_hash: int | None, token_ids: tuple[int, ...]) -> int:
-    return hash((previous_hash, token_ids))
+def chain_hash(previous_hash: bytes | None, token_ids: tuple[int, ...] | list[int]) -> bytes:
+    """The key of a block holding ``token_ids`` after the prefix whose last key is ``previous_hash``."""
+    return hashlib.sha256((previous_hash or b"") + array("q", token_ids).tobytes()).digest()
 
 
 class BlockManager:
@@ -37,7 +42,7 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        self.hash_to_block_id: dict[int, int] = {}
+        self.hash_to_block_id: dict[bytes, int] = {}
         self.prefix_cache_queries = 0  # prompt tokens looked up in the cache
         self.prefix_cache_hits = 0  # of those, found there
 
@@ -74,7 +79,7 @@ class BlockManager:
             found.append(block_id)
         return found
 
-    def block_hash(self, seq: Sequence, index: int) -> int:
+    def block_hash(self, seq: Sequence, index: int) -> bytes:
         """The chained hash of ``seq``'s full block ``index``, from its tokens alone."""
         hashes = seq.block_hashes
         while len(hashes) <= index:

@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.async_llm import AsyncLLM, AsyncStream, ClientLimits, StreamSinks, check_admissible
+from nanovllm_core.engine.block_manager import chain_hash
 from nanovllm_core.engine.model_runner import resolve_device
 from nanovllm_core.engine.tensor_parallel import die_with_parent, engine_config_json
 from nanovllm_core.engine_client import (
@@ -251,16 +252,17 @@ class PrefixAffinity:
     def __init__(self, block_size: int, capacity: int = PREFIX_ENTRIES):
         self.block_size = block_size
         self.capacity = capacity
-        self._owner: OrderedDict[int, int] = OrderedDict()
+        self._owner: OrderedDict[bytes, int] = OrderedDict()
 
-    def prefix_hashes(self, prompt_ids: list[int]) -> list[int]:
-        hashes, previous = [], 0
+    def prefix_hashes(self, prompt_ids: list[int]) -> list[bytes]:
+        """The keys the replicas' prefix caches give the prompt's full blocks."""
+        hashes, previous = [], None
         for start in range(0, len(prompt_ids) - self.block_size + 1, self.block_size):
-            previous = hash((previous, tuple(prompt_ids[start:start + self.block_size])))
+            previous = chain_hash(previous, prompt_ids[start:start + self.block_size])
             hashes.append(previous)
         return hashes
 
-    def owner(self, hashes: list[int]) -> int | None:
+    def owner(self, hashes: list[bytes]) -> int | None:
         """The replica holding a cached prefix of at least half these blocks, if any (a
         shorter one, such as a chat template's system prompt, is not worth a longer queue)."""
         for length in range(len(hashes), (len(hashes) - 1) // 2, -1):
@@ -268,7 +270,7 @@ class PrefixAffinity:
                 return self._owner[hashes[length - 1]]
         return None
 
-    def record(self, hashes: list[int], replica: int) -> None:
+    def record(self, hashes: list[bytes], replica: int) -> None:
         for prefix in hashes:
             self._owner[prefix] = replica
             self._owner.move_to_end(prefix)

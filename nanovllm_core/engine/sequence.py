@@ -28,7 +28,7 @@ class Sequence:
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.num_cached_tokens = 0  # prompt tokens found by prefix caching at first admission
         self.block_table: list[int] = []
-        self.block_hashes: list[int] = []  # chained hashes of the full blocks' tokens, kept across preemption
+        self.block_hashes: list[bytes] = []  # chained keys of the full blocks' tokens, kept across preemption
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.arrival_time = time.monotonic()
