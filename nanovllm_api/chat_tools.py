@@ -9,11 +9,8 @@ always parse and validate. ``none`` leaves the tools out of the prompt.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
-
-import jsonschema
 
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import ChatCompletionRequest, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta
@@ -43,7 +40,9 @@ class ToolUse:
     parallel: bool
 
     def guided(self) -> GuidedDecoding:
-        return GuidedDecoding("structural_tag", json.dumps(self.parser.structural_tag(self.tools, self.choice, self.parallel)))
+        """Calls constrained to the tools; their parameters' schemas are checked where this compiles."""
+        tag = self.parser.structural_tag(self.tools, self.choice, self.parallel)
+        return GuidedDecoding.from_json("structural_tag", tag, param="tools")
 
 
 def tool_use(request: ChatCompletionRequest, parser: ToolCallParser) -> ToolUse | None:
@@ -56,7 +55,7 @@ def tool_use(request: ChatCompletionRequest, parser: ToolCallParser) -> ToolUse 
         return None
     if choice == "none":
         return None
-    tools = [_checked_tool(i, t.function) for i, t in enumerate(request.tools)]
+    tools = [Tool(t.function.name, t.function.parameters, t.function.description) for t in request.tools]
     names = [t.name for t in tools]
     if len(set(names)) < len(names):
         raise BadRequest("tools has two functions with the same name", param="tools")
@@ -67,15 +66,6 @@ def tool_use(request: ChatCompletionRequest, parser: ToolCallParser) -> ToolUse 
         raise BadRequest("response_format cannot be combined with tools; set tool_choice to 'none' or drop one",
                          param="response_format")
     return ToolUse(parser, tools, named or choice or "auto", request.parallel_tool_calls)
-
-
-def _checked_tool(index: int, function) -> Tool:
-    try:
-        jsonschema.validators.validator_for(function.parameters).check_schema(function.parameters)
-    except jsonschema.SchemaError as error:
-        raise BadRequest(f"tools[{index}].function.parameters is not a valid JSON schema: {error.message}",
-                         param="tools") from error
-    return Tool(function.name, function.parameters, function.description)
 
 
 def new_call_id() -> str:

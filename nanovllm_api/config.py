@@ -63,7 +63,9 @@ class ServerConfig(EngineConfig):
         "is aborted and its slot freed."
     )
     grammar_compile_timeout: float = Field(
-        10, gt=0, description="Seconds a response_format or tools constraint may take to compile; longer is a 400."
+        10, gt=0, description="Seconds a response_format or tools constraint may take to be checked and compiled, "
+        "in one of two worker processes (killed and replaced past it); longer is a 400. Waiting for a free "
+        "worker does not count."
     )
     shutdown_timeout: float = Field(
         30, ge=0, description="On SIGTERM, seconds in-flight requests get to finish before the server exits anyway."

@@ -12,7 +12,6 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from nanovllm_core.errors import InvalidRequestError
@@ -135,13 +134,13 @@ class ResponseFormat(BaseModel):
         if self.type == "text":
             return None
         if self.type == "json_object":
-            return GuidedDecoding("json_object")
+            return GuidedDecoding("json_object", param="response_format")
         if self.type == "structural_tag":
             return self._structural_tag()
         if self.json_schema is None:
             raise InvalidRequestError("response_format of type 'json_schema' needs a 'json_schema' object",
                                       param="response_format")
-        return _json_schema_decoding(self.json_schema.json_schema, "response_format")
+        return GuidedDecoding.from_json("json_schema", self.json_schema.json_schema, "response_format")
 
     def _structural_tag(self) -> GuidedDecoding:
         """Either form as xgrammar's structural tag: the older one is tags that may
@@ -150,16 +149,16 @@ class ResponseFormat(BaseModel):
             raise InvalidRequestError("a structural_tag response_format needs either 'format' or 'structures' "
                                       "and 'triggers'", param="response_format")
         if self.format is not None:
-            return GuidedDecoding("structural_tag", json.dumps({"type": "structural_tag", "format": self.format}))
+            tag = {"type": "structural_tag", "format": self.format}
+            return GuidedDecoding.from_json("structural_tag", tag, "response_format")
         if self.triggers is None:
             raise InvalidRequestError("'structures' needs 'triggers'", param="response_format")
-        tags = []
-        for structure in self.structures:
-            _json_schema_decoding(structure.json_schema, "response_format")  # a 400 for a schema that is not one
-            tags.append({"type": "tag", "begin": structure.begin, "end": structure.end,
-                         "content": {"type": "json_schema", "json_schema": structure.json_schema}})
+        tags = [{"type": "tag", "begin": structure.begin, "end": structure.end,
+                 "content": {"type": "json_schema", "json_schema": structure.json_schema}}
+                for structure in self.structures]
         tag_format = {"type": "triggered_tags", "triggers": self.triggers, "tags": tags}
-        return GuidedDecoding("structural_tag", json.dumps({"type": "structural_tag", "format": tag_format}))
+        tag = {"type": "structural_tag", "format": tag_format}
+        return GuidedDecoding.from_json("structural_tag", tag, "response_format")
 
 
 class StructuredOutputs(BaseModel):
@@ -183,20 +182,12 @@ class StructuredOutputs(BaseModel):
                 schema = json.loads(value) if isinstance(value, str) else value
             except ValueError as error:
                 raise InvalidRequestError(f"{param}: the JSON schema is not JSON: {error}", param=param) from error
-            return _json_schema_decoding(schema, param)
+            return GuidedDecoding.from_json("json_schema", schema, param)
         if kind == "choice":  # one alternative per choice, each a literal string
-            return GuidedDecoding("ebnf", "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in value))
-        return GuidedDecoding("regex" if kind == "regex" else "ebnf", value)
+            choices = " | ".join(json.dumps(c, ensure_ascii=False) for c in value)
+            return GuidedDecoding("ebnf", "root ::= " + choices, param=param)
+        return GuidedDecoding("regex" if kind == "regex" else "ebnf", value, param=param)
 
-
-def _json_schema_decoding(schema: Any, param: str) -> GuidedDecoding:
-    """A JSON-schema constraint; a schema that is not one is a 400."""
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except (jsonschema.SchemaError, TypeError) as error:
-        message = error.message if isinstance(error, jsonschema.SchemaError) else str(error)
-        raise InvalidRequestError(f"{param}: not a valid JSON schema: {message}", param=param) from error
-    return GuidedDecoding("json_schema", json.dumps(schema))
 
 
 class FunctionDefinition(BaseModel):

@@ -4,9 +4,12 @@ in, the answer is a 2xx or a 4xx in OpenAI's error shape, never a 5xx, never
 a traceback, and the server keeps serving others."""
 
 import json
+import re
 import threading
+import time
 
 import httpx
+import psutil
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -162,6 +165,66 @@ def test_a_slow_grammar_is_refused_and_blocks_no_one(server):
     assert_clean_error(outcome["response"], 400, contains="did not compile within 1 s")
     assert outcome["response"].json()["error"]["code"] == "grammar_compile_timeout"
     assert health_answers >= 3  # answered all along (on the event loop it answered only after)
+
+
+def schema_request(schema, **fields) -> dict:
+    return {"messages": HI, "max_tokens": 8, **fields,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
+
+
+def health_latencies_while(server, work) -> tuple[object, list[float]]:
+    """``work()``'s result, and how long each /health took while it ran."""
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("result", work()))
+    thread.start()
+    latencies = []
+    while thread.is_alive():
+        start = time.perf_counter()
+        assert httpx.get(f"{server.url}/health", timeout=120).status_code == 200
+        latencies.append(time.perf_counter() - start)
+    thread.join()
+    return outcome["result"], latencies
+
+
+def test_a_schema_nested_300_deep_is_a_400(server):
+    """Regression: jsonschema's check recursed past Python's limit, a 500."""
+    schema = {"type": "string"}
+    for _ in range(300):
+        schema = {"type": "object", "properties": {"a": schema}}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=schema_request(schema), timeout=120)
+    assert_clean_error(response, 400)
+    assert response.json()["error"]["param"] == "response_format"
+
+
+def test_a_huge_schema_is_checked_off_the_event_loop(server):
+    """Regression: a 0.6 MB anyOf schema was validated on the event loop; /health did not
+    answer for 22 s. Now it is checked where it compiles, in a worker process."""
+    schema = {"anyOf": [{}] * 150_000}
+    response, latencies = health_latencies_while(server, lambda: httpx.post(
+        f"{server.url}/v1/chat/completions", json=schema_request(schema), timeout=120))
+    assert response.status_code in (200, 400), response.text
+    assert len(latencies) >= 2 and max(latencies) < 1.0, latencies  # 1 s: not held (it was held for 22 s)
+
+
+def test_slow_schemas_cost_their_timeout_and_nothing_after(server):
+    """Regression: a compile that timed out kept its thread, so two slow schemas took both
+    compile threads and every constrained request after them failed. Now their workers are
+    killed and replaced, and a normal schema right after compiles."""
+    slow = [{"type": "string", "pattern": f"(([a-z]{{1,{50 + i}}} ){{1,50}}){{1,2}}"} for i in range(2)]
+    threads = [threading.Thread(target=lambda s=s: outcomes.append(httpx.post(
+        f"{server.url}/v1/chat/completions", json=schema_request(s), timeout=120))) for s in slow]
+    outcomes: list[httpx.Response] = []
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.json()["error"]["code"] for r in outcomes] == ["grammar_compile_timeout"] * 2
+    normal = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=schema_request(normal, max_tokens=12),
+                          timeout=120)
+    assert response.status_code == 200, response.text
+    killed = [int(pid) for pid in re.findall(r"its worker (\d+) was killed", log_text(server))]
+    assert len(killed) >= 2 and not any(psutil.pid_exists(pid) for pid in killed)
 
 
 def test_a_huge_prompt_is_refused_before_it_is_tokenized(server):

@@ -3,9 +3,8 @@ batches while requests arrive; each request reads its outputs from its own async
 
 The thread owns the LLMEngine: checked requests and aborts reach it as commands
 on a thread-safe queue, and each step's outputs go back to the event loop in one
-``call_soon_threadsafe``. Requests are checked and their constraints compiled on
-the client's side (the event loop and a small thread pool), so the engine
-thread only steps. PyTorch releases the GIL inside its kernels, so the event
+``call_soon_threadsafe``. Requests are checked on the client's side and their constraints
+compiled in worker processes (``grammar.compile_pool``), so the engine thread only steps. PyTorch releases the GIL inside its kernels, so the event
 loop keeps accepting and streaming while a step runs.
 """
 
@@ -16,7 +15,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nanovllm_core.config import EngineConfig
@@ -27,13 +25,13 @@ from nanovllm_core.engine_client import (
     EngineState,
     EngineStats,
     EngineUnavailable,
-    GrammarCompileTimeout,
     QueueFull,
     ReaderStalled,
     ReplicaStatus,
 )
 from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GuidedDecoding
+from nanovllm_core.grammar.compile_pool import GrammarCompilePool
 from nanovllm_core.model_info import ModelInfo
 from nanovllm_core.outputs import RequestOutput
 from nanovllm_core.pooling import PoolingParams
@@ -46,8 +44,8 @@ logger = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.5
 # outputs one request may have waiting for its reader; past this it is not reading
 MAX_PENDING_OUTPUTS = 4096
-# grammar compilations at once; a request waiting for a thread counts it against its timeout
-GRAMMAR_COMPILE_THREADS = 2
+# grammar compilations at once; a request waiting for a worker counts it against its timeout
+GRAMMAR_COMPILE_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class AsyncLLM:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._on_failure: Callable[[], None] = lambda: None
-        self._grammar_pool = ThreadPoolExecutor(GRAMMAR_COMPILE_THREADS, thread_name_prefix="grammar-compile")
+        self._grammar_pool: GrammarCompilePool | None = None  # made on the first constrained request
 
     # lifecycle
 
@@ -94,7 +92,8 @@ class AsyncLLM:
         return self.state is EngineState.READY
 
     def stop(self) -> None:
-        self._grammar_pool.shutdown(wait=False, cancel_futures=True)
+        if self._grammar_pool is not None:
+            self._grammar_pool.close()
         if self._thread is not None and self._thread.is_alive():
             self._commands.put(("stop",))
             self._thread.join(timeout=30)
@@ -191,17 +190,15 @@ class AsyncLLM:
         return stream
 
     async def _compile_grammar(self, guided: GuidedDecoding) -> object:
-        """Compiled in the grammar threads, neither on the event loop nor on the engine's;
-        the backend is thread-safe and caches repeats."""
-        work = self._loop.run_in_executor(self._grammar_pool, self._engine.compile_grammar, guided)
-        try:
-            return await asyncio.wait_for(work, self.grammar_compile_timeout)
-        except asyncio.TimeoutError as error:
-            raise GrammarCompileTimeout(
-                f"The constraint did not compile within {self.grammar_compile_timeout:g} s; simplify it.",
-                param="tools" if guided.kind == "structural_tag" else "response_format",
-                code="grammar_compile_timeout",
-            ) from error
+        """Checked and compiled in the pool's worker processes, neither on the event loop nor
+        on the engine's thread; the pool caches repeats."""
+        if self._grammar_pool is None:
+            backend = await asyncio.to_thread(self._engine.grammar_backend)  # builds the vocabulary's tables
+            if self._grammar_pool is None:  # another request may have made it meanwhile
+                self._grammar_pool = GrammarCompilePool(
+                    backend, self.config.grammar_backend, self._engine.tokenizer, self._engine.vocab_size,
+                    GRAMMAR_COMPILE_WORKERS, self.grammar_compile_timeout)
+        return await self._grammar_pool.compile(guided)
 
 
 def check_admissible(num_sequences: int, max_sequences: int, holder: str, param: str) -> None:

@@ -16,6 +16,7 @@ from nanovllm_core.engine.scheduler import ScheduledBatch, Scheduler
 from nanovllm_core.engine.sequence import Sequence
 from nanovllm_core.errors import InvalidRequestError
 from nanovllm_core.grammar import GrammarBackend, GuidedDecoding
+from nanovllm_core.grammar.schema_check import check_constraint
 from nanovllm_core.loader import resolve_model
 from nanovllm_core.model_info import ModelInfo
 from nanovllm_core.outputs import RequestOutput, SampledToken
@@ -164,7 +165,8 @@ class LLMEngine:
 
     def compile_grammar(self, guided: GuidedDecoding) -> object:
         """Compile a constraint (the backend caches repeats); InvalidRequestError if it is bad.
-        Thread-safe, and slow for some grammars: a server runs it off the engine thread."""
+        Slow for some grammars: a server compiles in worker processes instead (compile_pool)."""
+        check_constraint(guided)
         return self.grammar_backend().compile(guided)
 
     def tokenize(self, prompt: str | list[int]) -> list[int]:

@@ -9,11 +9,14 @@ parameter, and constrained and free sequences share one batch.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+
+from nanovllm_core.errors import InvalidRequestError
 
 
 @dataclass(frozen=True)
@@ -21,10 +24,20 @@ class GuidedDecoding:
     """``spec`` is the JSON schema as JSON text (json_schema), an EBNF grammar
     (ebnf), a regular expression (regex) or a structural tag as JSON text
     (structural_tag: xgrammar's format, which tool calling uses); json_object
-    needs none."""
+    needs none. ``param``: the request field it came from, which its errors name."""
 
     kind: Literal["json_schema", "json_object", "ebnf", "regex", "structural_tag"]
     spec: str = ""
+    param: str = field(default="response_format", compare=False)
+
+    @classmethod
+    def from_json(cls, kind: str, spec: object, param: str) -> GuidedDecoding:
+        """A constraint whose spec is JSON (a schema, a structural tag). Its schemas are checked
+        where it compiles (``schema_check``, off the event loop and killable), not here."""
+        try:
+            return cls(kind, json.dumps(spec), param=param)
+        except RecursionError as error:
+            raise InvalidRequestError(f"{param}: the schema nests too deeply", param=param) from error
 
 
 class GrammarMatcher(ABC):
@@ -50,9 +63,17 @@ class GrammarBackend(ABC):
 
     @abstractmethod
     def compile(self, guided: GuidedDecoding) -> object:
-        """A compiled grammar; raise ``InvalidRequestError`` for a bad spec. Called from
-        worker threads, concurrently; a backend caches repeated constraints itself, within
-        a bounded number of bytes."""
+        """A compiled grammar; raise ``InvalidRequestError`` for a bad spec. A server calls it
+        in worker processes (``compile_pool``), which it kills past the request's timeout;
+        an offline engine, on its own thread."""
+
+    @abstractmethod
+    def serialize(self, compiled: object) -> str | bytes:
+        """A compiled grammar as the worker sends it back to the server."""
+
+    @abstractmethod
+    def deserialize(self, data: str | bytes) -> object:
+        """What ``serialize`` made, as a compiled grammar of this backend's instance."""
 
     @abstractmethod
     def matcher(self, compiled: object) -> GrammarMatcher: ...

@@ -38,8 +38,8 @@ class XGrammarMatcher(GrammarMatcher):
 class XGrammarBackend(GrammarBackend):
     def __init__(self, tokenizer, vocab_size: int):
         self.vocab_size = vocab_size
-        self._compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size),
-                                             cache_limit_bytes=COMPILE_CACHE_BYTES)
+        self._tokenizer_info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._compiler = xgr.GrammarCompiler(self._tokenizer_info, cache_limit_bytes=COMPILE_CACHE_BYTES)
 
     def compile(self, guided: GuidedDecoding) -> xgr.CompiledGrammar:
         try:
@@ -54,8 +54,13 @@ class XGrammarBackend(GrammarBackend):
                 return self._compiler.compile_regex(guided.spec)
             return self._compiler.compile_grammar(guided.spec)
         except (RuntimeError, ValueError, json.JSONDecodeError) as error:
-            param = "tools" if guided.kind == "structural_tag" else "response_format"
-            raise InvalidRequestError(f"invalid {guided.kind.replace('_', ' ')}: {error}", param=param) from error
+            raise InvalidRequestError(f"invalid {guided.kind.replace('_', ' ')}: {error}", param=guided.param) from error
+
+    def serialize(self, compiled: xgr.CompiledGrammar) -> str:
+        return compiled.serialize_json()
+
+    def deserialize(self, data: str) -> xgr.CompiledGrammar:
+        return xgr.CompiledGrammar.deserialize_json(data, self._tokenizer_info)
 
     def matcher(self, compiled: xgr.CompiledGrammar) -> XGrammarMatcher:
         return XGrammarMatcher(self, compiled)
