@@ -192,6 +192,6 @@ def build_app(config: ServerConfig) -> FastAPI:
 
     @app.post("/detokenize", dependencies=guarded, tags=["utility"])
     async def detokenize(request: DetokenizeRequest):
-        return serving_tokenize.detokenize(request, ctx)
+        return await serving_tokenize.detokenize(request, ctx)
 
     return app

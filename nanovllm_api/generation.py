@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from nanovllm_api.errors import InternalError, RequestTimeout, TooManyRequests, Unavailable
 from nanovllm_api.metrics import RequestTimer
@@ -111,6 +113,12 @@ async def collect(ctx: ServingContext, generation: Generation, prefixes: list[st
         if output.finished:
             choice.final = output
     return choices
+
+
+async def built_off_the_loop(build: Callable[[], BaseModel]) -> Response:
+    """A whole response, built and serialized on a worker thread: decoding n choices x their
+    tokens x 20 alternatives, or writing 2,048 embeddings as JSON, is not I/O."""
+    return Response(await asyncio.to_thread(lambda: build().model_dump_json()), media_type="application/json")
 
 
 async def cancel_on_disconnect(request: Request, awaitable: Awaitable[T]) -> T:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import (
@@ -24,7 +24,15 @@ from nanovllm_api.protocol import (
     TopLogprob,
 )
 from nanovllm_api.chat_tools import StreamedToolCalls, ToolUse, finish_reason, message_tool_calls, tool_use
-from nanovllm_api.generation import Generation, cancel_on_disconnect, collect, outputs_of, start_generation
+from nanovllm_api.generation import (
+    Choice,
+    Generation,
+    built_off_the_loop,
+    cancel_on_disconnect,
+    collect,
+    outputs_of,
+    start_generation,
+)
 from nanovllm_api.prompt_logprobs import check_not_streamed, prompt_logprobs
 from nanovllm_api.serving_context import ServingContext, check_fields
 from nanovllm_api.streaming import event_stream, sse
@@ -59,7 +67,8 @@ async def start_chat(request: ChatCompletionRequest, ctx: ServingContext, id_pre
     if request.top_logprobs is not None and not request.logprobs:
         raise BadRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = tool_use(request, ctx.tool_parser)
-    ctx.check_prompt_chars([message.text() for message in request.messages])
+    # everything the template may write into the prompt: messages and their tool calls, tools, template arguments
+    ctx.check_prompt_chars([request.model_dump_json(include={"messages", "tools", "chat_template_kwargs"})])
 
     def render() -> tuple[str, list[int]]:
         prompt = ctx.renderer.render(
@@ -93,8 +102,13 @@ def token_logprobs(tokenizer, token_bytes: TokenBytes, sampled: list[SampledToke
 
 async def _complete(
     ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation, prompt: str
-) -> ChatCompletionResponse:
+) -> Response:
     results = await collect(ctx, generation, [""] * len(generation.sequences))
+    return await built_off_the_loop(lambda: _response(ctx, request, tools, generation, prompt, results))
+
+
+def _response(ctx: ServingContext, request: ChatCompletionRequest, tools: ToolUse | None, generation: Generation,
+              prompt: str, results: list[Choice]) -> ChatCompletionResponse:
     choices = []
     for i, result in enumerate(results):
         reasoning, answer = ctx.split_reasoning(result.text, prompt)

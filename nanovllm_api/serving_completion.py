@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from nanovllm_api.errors import BadRequest
 from nanovllm_api.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
-from nanovllm_api.generation import Generation, cancel_on_disconnect, collect, outputs_of, start_generation
+from nanovllm_api.generation import (
+    Choice,
+    Generation,
+    built_off_the_loop,
+    cancel_on_disconnect,
+    collect,
+    outputs_of,
+    start_generation,
+)
 from nanovllm_api.prompt_logprobs import check_not_streamed, prompt_logprobs
 from nanovllm_api.serving_context import ServingContext, check_fields
 from nanovllm_api.streaming import event_stream, sse
@@ -31,8 +40,9 @@ async def create_completion(request: CompletionRequest, raw: Request, ctx: Servi
     # choice index = prompt index * n + choice within the prompt
     sequences = [(prompt_ids, p) for prompt_ids in prompts for p in params]
     generation = await start_generation(ctx, "cmpl", model, prompts, sequences)
-    # after the engine's client checked the ids: out of the vocabulary is a 400, not a decoder error
-    echoes = [ctx.tokenizer.decode(p) if request.echo else "" for p, _ in sequences]
+    # after the engine's client checked the ids: out of the vocabulary is a 400, not a decoder error;
+    # a prompt of up to max_model_len ids, per choice: off the event loop
+    echoes = await asyncio.to_thread(lambda: [ctx.tokenizer.decode(p) if request.echo else "" for p, _ in sequences])
     if request.stream:
         return StreamingResponse(event_stream(_stream(ctx, request, generation, echoes)), media_type="text/event-stream")
     return await cancel_on_disconnect(raw, _complete(ctx, request, generation, echoes))
@@ -53,8 +63,13 @@ def _logprobs(ctx: ServingContext, request: CompletionRequest, sampled: list[Sam
     return result
 
 
-async def _complete(ctx, request: CompletionRequest, generation: Generation, echoes: list[str]) -> CompletionResponse:
+async def _complete(ctx, request: CompletionRequest, generation: Generation, echoes: list[str]) -> Response:
     results = await collect(ctx, generation, echoes)
+    return await built_off_the_loop(lambda: _response(ctx, request, generation, echoes, results))
+
+
+def _response(ctx: ServingContext, request: CompletionRequest, generation: Generation, echoes: list[str],
+              results: list[Choice]) -> CompletionResponse:
     choices = [
         CompletionChoice(
             index=i,

@@ -7,13 +7,14 @@ import base64
 import numpy as np
 import torch
 from fastapi import Request
+from fastapi.responses import Response
 
-from nanovllm_api.generation import Generation, cancel_on_disconnect, collect, engine_refusals
+from nanovllm_api.generation import Generation, built_off_the_loop, cancel_on_disconnect, collect, engine_refusals
 from nanovllm_api.protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, new_id
 from nanovllm_api.serving_context import ServingContext, check_fields
 
 
-async def create_embedding(request: EmbeddingRequest, raw: Request, ctx: ServingContext) -> EmbeddingResponse:
+async def create_embedding(request: EmbeddingRequest, raw: Request, ctx: ServingContext) -> Response:
     model = ctx.check_model(request.model)
     check_fields(request)
     ctx.model.check_task("embed")  # before tokenizing for a model that cannot answer
@@ -24,11 +25,15 @@ async def create_embedding(request: EmbeddingRequest, raw: Request, ctx: Serving
         stream = await ctx.engine.encode(request_id, prompts, params)
     generation = Generation(request_id, model, prompts, [(prompt, params) for prompt in prompts], stream)
     results = await cancel_on_disconnect(raw, collect(ctx, generation, [""] * len(prompts)))
-    data = [Embedding(index=index, embedding=_encoded(result.final.embedding, request.encoding_format))
-            for index, result in enumerate(results)]
-    num_tokens = sum(len(prompt) for prompt in prompts)
-    return EmbeddingResponse(data=data, model=model,
-                             usage=EmbeddingUsage(prompt_tokens=num_tokens, total_tokens=num_tokens))
+
+    def response() -> EmbeddingResponse:
+        data = [Embedding(index=index, embedding=_encoded(result.final.embedding, request.encoding_format))
+                for index, result in enumerate(results)]
+        num_tokens = sum(len(prompt) for prompt in prompts)
+        return EmbeddingResponse(data=data, model=model,
+                                 usage=EmbeddingUsage(prompt_tokens=num_tokens, total_tokens=num_tokens))
+
+    return await built_off_the_loop(response)
 
 
 def _encoded(vector: torch.Tensor, encoding_format: str) -> list[float] | str:

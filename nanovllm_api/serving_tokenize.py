@@ -24,11 +24,12 @@ async def tokenize(request: TokenizeRequest, ctx: ServingContext) -> TokenizeRes
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.model.max_model_len, tokens=tokens)
 
 
-def detokenize(request: DetokenizeRequest, ctx: ServingContext) -> DetokenizeResponse:
+async def detokenize(request: DetokenizeRequest, ctx: ServingContext) -> DetokenizeResponse:
     ctx.check_model(request.model)
     check_fields(request)
     vocab_size = ctx.model.vocab_size
     bad = [t for t in request.tokens if t >= vocab_size]
     if bad:
         raise BadRequest(f"token ids out of range [0, {vocab_size}): {bad[:5]}", param="tokens")
-    return DetokenizeResponse(prompt=ctx.tokenizer.decode(request.tokens))
+    tokenizer = ctx.tokenizer  # up to the body limit of ids: not on the event loop
+    return DetokenizeResponse(prompt=await asyncio.to_thread(tokenizer.decode, request.tokens))

@@ -238,6 +238,19 @@ def test_a_huge_prompt_is_refused_before_it_is_tokenized(server):
         assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
+def test_tools_and_template_arguments_count_before_tokenizing(server):
+    """Regression: the character bound counted message texts only; tools, tool-call arguments
+    and chat_template_kwargs went to the template and the tokenizer whatever their size."""
+    words = "word " * 200_000
+    tool = {"type": "function", "function": {"name": "f", "description": words}}
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": words}}
+    for extra in ({"tools": [tool]}, {"chat_template_kwargs": {"note": words}},
+                  {"messages": [{"role": "assistant", "content": None, "tool_calls": [call]}, *HI]}):
+        response = httpx.post(f"{server.url}/v1/chat/completions", timeout=120,
+                              json={"messages": HI, "max_tokens": 2, **extra})
+        assert_clean_error(response, 400, contains="characters are more than that many tokens can hold")
+
+
 def test_server_still_serves_after_bad_input(server):
     response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": HI, "max_tokens": 3}, timeout=120)
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
