@@ -84,7 +84,8 @@ def build_engine_client(config: ServerConfig) -> EngineClient:
     data-parallel replicas, each in a process of its own."""
     limits = ClientLimits(config.max_queued_sequences, config.client_read_timeout, config.grammar_compile_timeout)
     if config.data_parallel_size > 1:
-        return DataParallelClient(config, config.data_parallel_size, config.threads_per_replica, limits)
+        return DataParallelClient(config, config.data_parallel_size, config.threads_per_replica, limits,
+                                  config.replica_timeout)
     return AsyncLLM(config, limits)
 
 

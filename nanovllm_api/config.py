@@ -46,6 +46,11 @@ class ServerConfig(EngineConfig):
         "has its prompt's prefix cached unless that one is overloaded, else to the least loaded. 1: the engine runs "
         "on a thread of the server's process."
     )
+    replica_timeout: float = Field(
+        60, gt=0, description="Seconds a data-parallel replica may go without a heartbeat (it sends one every "
+        "0.25 s), or with work and no finished step, before it counts as hung: it is killed, its requests fail "
+        "with a 500 and the rest serve on (/health says degraded)."
+    )
     threads_per_replica: int | None = Field(
         None, ge=1, description="CPU threads of each data-parallel replica, each pinned to its own cores "
         "(NUMA node by node); default: the usable cores split evenly."

@@ -59,6 +59,7 @@ class EngineStats:
     kv_cache_usage: float
     prefix_cache_hit_rate: float
     num_preemptions: int
+    num_steps: int = 0  # steps taken so far: a replica with work whose count stands still is hung
 
 
 @dataclass(frozen=True)

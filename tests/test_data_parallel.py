@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import threading
+import time
 
 import httpx
 import psutil
@@ -143,6 +144,46 @@ def test_a_replica_that_dies_fails_only_its_own_requests(server):
     assert httpx.get(f"{server.url}/health").json() == {"status": "degraded", "replicas_serving": 1, "replicas": 2}
     assert metric(server, "nanovllm_replicas_serving") == 1
     assert complete(server, PROMPTS[0])["choices"][0]["text"]  # the survivor serves on
+
+
+REPLICA_TIMEOUT_S = 3
+
+
+def test_a_replica_that_hangs_is_killed_and_fails_only_its_own_requests(tmp_path):
+    """A replica that stops (SIGSTOP: alive, answering nothing) is found by its missing
+    heartbeats within --replica-timeout and the watchdog's 0.5 s, killed, and its requests
+    fail; /health answers all along and says degraded; the other replica serves on."""
+    server = ServerProcess("--data-parallel-size", "2", "--threads-per-replica", "1", "--max-num-seqs", "4",
+                           "--max-model-len", "256", "--replica-timeout", str(REPLICA_TIMEOUT_S),
+                           log_path=tmp_path / "server.log").wait_healthy()
+    hung = replica_pids(server)["1"]
+    try:
+        outcome: dict = {}
+        readers = [threading.Thread(target=stream, args=(server, p, 200, outcome)) for p in PROMPTS]
+        for reader in readers:
+            reader.start()
+        running = lambda: metric_by_label(server, "nanovllm_num_requests_running", "replica")  # noqa: E731
+        wait_for(lambda: running() == {"0": 2, "1": 2}, HUNG_S)
+        os.kill(hung, signal.SIGSTOP)
+        stopped = time.monotonic()
+        while (health := httpx.get(f"{server.url}/health", timeout=1.0).json())["status"] == "ok":
+            assert time.monotonic() - stopped < HUNG_S
+            time.sleep(0.1)
+        found_after = time.monotonic() - stopped
+        assert health == {"status": "degraded", "replicas_serving": 1, "replicas": 2}
+        assert REPLICA_TIMEOUT_S <= found_after < HUNG_S, found_after
+        for reader in readers:
+            reader.join(timeout=HUNG_S * 5)
+        failed = [p for p in PROMPTS if isinstance(outcome[p], dict)]
+        assert len(failed) == 2 and all("engine failed" in outcome[p]["message"] for p in failed), outcome
+        assert all(isinstance(outcome[p], str) and outcome[p] for p in PROMPTS if p not in failed)
+        assert "killed as hung" in log_text(server)
+        wait_for(lambda: not psutil.pid_exists(hung) or psutil.Process(hung).status() == psutil.STATUS_ZOMBIE)
+        assert complete(server, PROMPTS[0])["choices"][0]["text"]
+    finally:
+        if psutil.pid_exists(hung):
+            os.kill(hung, signal.SIGCONT)
+        assert server.stop() == 0
 
 
 def test_sigterm_drains_the_replicas_and_leaves_no_process(server):

@@ -118,6 +118,7 @@ class AsyncLLM:
             kv_cache_usage=manager.usage,
             prefix_cache_hit_rate=manager.prefix_cache_hits / queries if queries else 0.0,
             num_preemptions=scheduler.num_preemptions,
+            num_steps=engine.num_steps,
         )
 
     def replica_statuses(self) -> list[ReplicaStatus]:

@@ -4,8 +4,11 @@ KV cache and its own cores (or GPUs), behind one ``EngineClient``.
 Each replica process runs an ``AsyncLLM`` (request checks, constraint compiles,
 capacity) and forwards what its streams yield over a pipe; the client routes every
 request to one replica and streams its outputs back through the same ``StreamSinks``
-the in-process engine uses. A replica that dies fails only its own requests; the
-client is DEAD when none is left.
+the in-process engine uses. A replica that dies fails only its own requests; so does
+one that hangs: a replica that sends no heartbeat (its stats, every 0.25 s) or, with
+work, finishes no step for ``replica_timeout`` seconds is killed. Sends to a replica
+go through a thread of its own, so a replica that stops reading never blocks the event
+loop. The client is DEAD when no replica is left.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import signal
 import threading
 from collections import OrderedDict
@@ -42,7 +46,8 @@ from nanovllm_core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-STATS_INTERVAL_S = 0.25  # how often a replica reports its scheduler's state
+STATS_INTERVAL_S = 0.25  # how often a replica reports its scheduler's state: its heartbeat
+WATCH_INTERVAL_S = 0.5  # how often the server looks for hung replicas
 PREFIX_ENTRIES = 1 << 16  # prompt-prefix hashes remembered for affinity, across replicas
 STOP_TIMEOUT_S = 30
 
@@ -201,6 +206,9 @@ class Replica:
         self.model_info: ModelInfo | None = None
         self.sinks = StreamSinks(limits.reader_timeout, abort=self._abort)
         self.submitted: dict[str, tuple[asyncio.Future, int]] = {}  # sent, not yet accepted or refused
+        self.last_heard = self.last_progress = 0.0  # event-loop times: any message; a step taken (or no work)
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._send_loop, name=f"replica{index}-sender", daemon=True).start()
 
     @property
     def load(self) -> int:
@@ -208,21 +216,35 @@ class Replica:
         return self.sinks.num_sequences + sum(count for _, count in self.submitted.values())
 
     def send(self, command: tuple) -> None:
-        try:
-            self.conn.send(command)
-        except (OSError, ValueError):  # the replica died; its reader reports it
-            pass
+        """Queued for the sender thread: a pipe whose reader has stopped blocks that thread only."""
+        self._outbox.put(command)
+
+    def _send_loop(self) -> None:
+        while True:
+            try:
+                self.conn.send(self._outbox.get())
+            except (OSError, ValueError):  # the replica died; its reader reports it
+                return
 
     def _abort(self, sub_id: str) -> None:
         self.send(("abort", sub_id.rsplit("-", 1)[0]))
 
+    def hung_for(self, now: float) -> float:
+        """Seconds since its last heartbeat, or since its last step while it had work."""
+        return now - min(self.last_heard, self.last_progress)
+
     def handle(self, message: tuple, now: float) -> None:
         """A message from the replica, on the event loop."""
         kind, *args = message
+        self.last_heard = now
         if kind == "output":
             self.sinks.deliver(args, now)
         elif kind == "stats":
-            self.stats = args[0]
+            stats, previous = args[0], self.stats
+            idle = stats.num_running + stats.num_waiting == 0
+            if idle or previous is None or stats.num_steps != previous.num_steps:
+                self.last_progress = now
+            self.stats = stats
         elif kind == "accepted":
             future, count = self.submitted.pop(args[0])
             stream = self.sinks.open(args[0], count)
@@ -284,8 +306,10 @@ class DataParallelClient:
     one is overloaded (its batch is full, or it carries more than twice the sequences of the
     least loaded, plus one); otherwise to the least loaded, ties taken in turn."""
 
-    def __init__(self, config: EngineConfig, size: int, threads_per_replica: int | None, limits: ClientLimits):
+    def __init__(self, config: EngineConfig, size: int, threads_per_replica: int | None, limits: ClientLimits,
+                 replica_timeout: float = 60.0):
         self.config = config
+        self.replica_timeout = replica_timeout
         self.size = size
         self.threads_per_replica = threads_per_replica
         self.limits = limits
@@ -324,6 +348,7 @@ class DataParallelClient:
             self.replicas.append(replica)
             logger.info("replica %d: process %d%s", index, process.pid, f", CPUs {cpus}" if cpus else f", {env}")
             threading.Thread(target=self._read, args=(replica,), name=f"replica{index}-reader", daemon=True).start()
+        loop.call_later(WATCH_INTERVAL_S, self._watch)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         self._settled.wait(timeout)
@@ -359,9 +384,22 @@ class DataParallelClient:
         """On the event loop, where every change of state happens."""
         if message[0] == "ready":
             replica.model_info, replica.state = message[1], EngineState.READY
+            replica.last_heard = replica.last_progress = now
             self._settle()
         else:
             replica.handle(message, now)
+
+    def _watch(self) -> None:
+        """Every WATCH_INTERVAL_S: kill and lose a serving replica that has hung."""
+        if self._stopping:
+            return
+        now = self._loop.time()
+        for replica in self.replicas:
+            silent = replica.hung_for(now)
+            if replica.state is EngineState.READY and silent > self.replica_timeout:
+                replica.process.kill()  # a hung process may wake half-way through a request: end it
+                self._lose(replica, f"it sent no heartbeat or finished no step for {silent:.1f} s; killed as hung")
+        self._loop.call_later(WATCH_INTERVAL_S, self._watch)
 
     def _lose(self, replica: Replica, reason: str) -> None:
         """A replica ended (``reason``): its requests fail, the rest serve on."""

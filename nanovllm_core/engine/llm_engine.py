@@ -65,6 +65,7 @@ class LLMEngine:
             getattr(self.model_cls, "default_chat_template", None),
         )
         self.requests: dict[str, RequestState] = {}
+        self.num_steps = 0
         self._seeds = random.Random(config.seed)
         self._grammar_backend: GrammarBackend | None = None  # built on the first constrained request
         self._grammar_backend_lock = threading.Lock()
@@ -234,6 +235,7 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
+        self.num_steps += 1
         batch = self.scheduler.schedule()
         if not batch:
             return []
