@@ -259,6 +259,12 @@ def test_server_still_serves_after_bad_input(server):
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
 
 
+def test_the_bounds_fuzzer_covers_every_endpoint_with_a_body(server):
+    """A new endpoint (or protocol) joins the fuzzer, or this fails."""
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert {path for path, operations in paths.items() if "requestBody" in operations.get("post", {})} == set(BASE_BODIES)
+
+
 @pytest.mark.parametrize("path", list(BASE_BODIES))
 def test_the_bounds_fuzzer_finds_no_5xx_and_no_stall(server, path):
     """Each field of each endpoint at its type's extremes and its range's edges: never a 5xx,
