@@ -5,8 +5,10 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the chat page's tests drive Debian's chromium (Playwright's own browser builds cannot be downloaded here)
+CHROMIUM ?= chromium
 
-.PHONY: install serve run test test-long bench clean
+.PHONY: install serve run test test-long bench clean browser
 
 install: $(STAMP)
 
@@ -34,8 +36,13 @@ serve: install
 run: install
 	$(PY) examples/offline_generate.py
 
-test: install
+test: install browser
 	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
+
+# Debian's chromium for tests/test_webui.py, installed with apt-get when it is missing (as root)
+browser:
+	@command -v $(CHROMIUM) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| { echo "make test needs Debian's chromium for the chat page's tests: apt-get install chromium"; exit 1; }
 
 # the soak at 2,000 requests instead of CI's 96 (about 10 minutes on 2 cores)
 test-long: install

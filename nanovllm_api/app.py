@@ -7,10 +7,12 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from nanovllm_api import (
     serving_chat,
@@ -42,6 +44,7 @@ from nanovllm_core.loader import resolve_model
 
 logger = logging.getLogger(__name__)
 ENGINE_FAILURE_EXIT_DELAY_S = 5
+WEBUI_DIR = Path(__file__).parent / "webui"  # the chat page: static files, no build step
 
 
 class BodySizeLimit:
@@ -162,6 +165,17 @@ def build_app(config: ServerConfig) -> FastAPI:
     @app.get("/metrics", tags=["monitoring"])
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/stats", tags=["monitoring"])
+    async def stats() -> dict:
+        return {"model": ctx.model_names[0], **ctx.metrics.summary()}
+
+    if config.webui:
+        app.mount("/webui", StaticFiles(directory=WEBUI_DIR), name="webui")
+
+        @app.get("/", include_in_schema=False)
+        async def chat_page() -> FileResponse:
+            return FileResponse(WEBUI_DIR / "index.html")
 
     @app.get("/v1/models", dependencies=guarded, tags=["openai"])
     async def models():

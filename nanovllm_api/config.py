@@ -56,6 +56,11 @@ class ServerConfig(EngineConfig):
         "(NUMA node by node); default: the usable cores split evenly."
     )
     api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1/* (also NANOVLLM_API_KEY).")
+    webui: bool = Field(True, description="Serve the chat page at / (--no-webui: / is a 404).")
+    root_path: str = Field(
+        "", description="The path prefix a reverse proxy serves this server under (e.g. /llm), for the links "
+        "of /docs; the chat page uses relative URLs and works under any prefix."
+    )
     max_queued_sequences: int = Field(
         256, ge=0, description="Sequences that may wait beyond max_num_seqs; more are refused with 429."
     )

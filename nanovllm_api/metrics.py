@@ -62,6 +62,19 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def summary(self) -> dict:
+        """What the chat page's status strip shows: the engine's state, its running and waiting
+        sequences (every replica's), and the tokens generated so far (the page takes the rate)."""
+        replicas = self.engine.replica_statuses()
+        stats = [replica.stats for replica in replicas if replica.stats is not None]
+        return {
+            "state": self.engine.state.value,
+            "replicas_serving": sum(replica.state is EngineState.READY for replica in replicas),
+            "running": sum(s.num_running for s in stats),
+            "waiting": sum(s.num_waiting for s in stats),
+            "generated_tokens": int(self.registry.get_sample_value("nanovllm_generation_tokens_total") or 0),
+        }
+
 
 class RequestTimer:
     """Latencies of one API request, reported to ``Metrics`` when it ends."""

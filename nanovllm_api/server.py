@@ -35,7 +35,8 @@ def run_server(
                        config.host, "" if config.api_key else ", and no --api-key is set")
     app = build_app(config)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=config.shutdown_timeout)
+        uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                       timeout_graceful_shutdown=config.shutdown_timeout, root_path=config.root_path)
     )
     app.state.request_exit = lambda: setattr(server, "should_exit", True)
     _exit_cleanly_after_signals()

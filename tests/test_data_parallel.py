@@ -127,18 +127,30 @@ def test_a_shared_prefix_goes_where_it_is_cached(server):
     assert hit_rates[0] == 0 and hit_rates[1] > 0.5
 
 
-def test_a_replica_that_dies_fails_only_its_own_requests(server):
+def stream_on_both_replicas(server, max_tokens: int) -> tuple[dict, list[threading.Thread]]:
+    """Two streams running on each replica: their outcomes (see ``stream``) and readers."""
     outcome: dict = {}
-    readers = [threading.Thread(target=stream, args=(server, p, 160, outcome)) for p in PROMPTS]
+    readers = [threading.Thread(target=stream, args=(server, p, max_tokens, outcome)) for p in PROMPTS]
     for reader in readers:
         reader.start()
     running = lambda: metric_by_label(server, "nanovllm_num_requests_running", "replica")  # noqa: E731
     wait_for(lambda: running() == {"0": 2, "1": 2}, HUNG_S)
-    os.kill(replica_pids(server)["1"], signal.SIGKILL)
+    return outcome, readers
+
+
+def failed_streams(outcome: dict, readers: list[threading.Thread]) -> list[str]:
+    """Once the readers are done: the prompts whose streams ended in an error."""
     for reader in readers:
         reader.join(timeout=HUNG_S * 5)
     failed = [p for p in PROMPTS if isinstance(outcome[p], dict)]
-    assert len(failed) == 2 and all("engine failed" in outcome[p]["message"] for p in failed)
+    assert len(failed) == 2 and all("engine failed" in outcome[p]["message"] for p in failed), outcome
+    return failed
+
+
+def test_a_replica_that_dies_fails_only_its_own_requests(server):
+    outcome, readers = stream_on_both_replicas(server, 160)
+    os.kill(replica_pids(server)["1"], signal.SIGKILL)
+    failed = failed_streams(outcome, readers)
     assert "replica 1 stopped" in log_text(server)  # the operator learns which
     assert all(isinstance(outcome[p], str) for p in PROMPTS if p not in failed)  # the others streamed to the end
     assert httpx.get(f"{server.url}/health").json() == {"status": "degraded", "replicas_serving": 1, "replicas": 2}
@@ -158,12 +170,7 @@ def test_a_replica_that_hangs_is_killed_and_fails_only_its_own_requests(tmp_path
                            log_path=tmp_path / "server.log").wait_healthy()
     hung = replica_pids(server)["1"]
     try:
-        outcome: dict = {}
-        readers = [threading.Thread(target=stream, args=(server, p, 200, outcome)) for p in PROMPTS]
-        for reader in readers:
-            reader.start()
-        running = lambda: metric_by_label(server, "nanovllm_num_requests_running", "replica")  # noqa: E731
-        wait_for(lambda: running() == {"0": 2, "1": 2}, HUNG_S)
+        outcome, readers = stream_on_both_replicas(server, 200)
         os.kill(hung, signal.SIGSTOP)
         stopped = time.monotonic()
         while (health := httpx.get(f"{server.url}/health", timeout=1.0).json())["status"] == "ok":
@@ -172,10 +179,7 @@ def test_a_replica_that_hangs_is_killed_and_fails_only_its_own_requests(tmp_path
         found_after = time.monotonic() - stopped
         assert health == {"status": "degraded", "replicas_serving": 1, "replicas": 2}
         assert REPLICA_TIMEOUT_S <= found_after < HUNG_S, found_after
-        for reader in readers:
-            reader.join(timeout=HUNG_S * 5)
-        failed = [p for p in PROMPTS if isinstance(outcome[p], dict)]
-        assert len(failed) == 2 and all("engine failed" in outcome[p]["message"] for p in failed), outcome
+        failed = failed_streams(outcome, readers)
         assert all(isinstance(outcome[p], str) and outcome[p] for p in PROMPTS if p not in failed)
         assert "killed as hung" in log_text(server)
         wait_for(lambda: not psutil.pid_exists(hung) or psutil.Process(hung).status() == psutil.STATUS_ZOMBIE)
