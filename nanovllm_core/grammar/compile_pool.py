@@ -103,6 +103,7 @@ class GrammarCompilePool:
         self._idle: asyncio.Queue[Worker] | None = None
         self._started: asyncio.Event | None = None
         self._workers: set[Worker] = set()
+        self._usable = 0  # workers alive or starting; changed on the event loop only
         self._cache: OrderedDict[GuidedDecoding, tuple[object, int]] = OrderedDict()
         self._cache_bytes = 0
 
@@ -113,6 +114,8 @@ class GrammarCompilePool:
             self._cache.move_to_end(guided)
             return self._cache[guided][0]
         await self._start()
+        if not self._usable:  # every worker failed to start (their errors are in the log)
+            raise RuntimeError("no grammar worker could start")
         worker = await self._idle.get()
         job = self._loop.run_in_executor(None, worker.compile, guided, self.timeout)
         pid = worker.process.pid
@@ -159,6 +162,7 @@ class GrammarCompilePool:
         """Start the workers on first use; wait until one is ready."""
         if self._started is None:
             self._loop, self._idle, self._started = asyncio.get_running_loop(), asyncio.Queue(), asyncio.Event()
+            self._usable = self._num_workers
             for _ in range(self._num_workers):
                 self._spawn()
         await self._started.wait()
@@ -175,8 +179,13 @@ class GrammarCompilePool:
             logger.info("grammar worker %d ready in %.1f s", worker.process.pid, time.perf_counter() - started)
             self._loop.call_soon_threadsafe(self._idle.put_nowait, worker)
         else:
+            self._workers.discard(worker)
+            self._loop.call_soon_threadsafe(self._lose_one)
             logger.error("a grammar worker failed to start; its error is above")
         self._loop.call_soon_threadsafe(self._started.set)  # a pool that cannot start times requests out
+
+    def _lose_one(self) -> None:
+        self._usable -= 1
 
     def close(self) -> None:
         for worker in list(self._workers):
