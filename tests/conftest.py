@@ -4,6 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every engine and server a test starts runs on the CPU unless it asks for a GPU (the GPU-marked
+# tests do, with a small KV budget): on a GPU machine `auto` would give each 90 % of the GPU.
+os.environ.setdefault("NANOVLLM_DEVICE", "cpu")
 if not torch.cuda.is_available():
     # Triton kernels run in its interpreter on the CPU; set before triton compiles anything
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -52,3 +52,30 @@ def test_prompt_logprobs_match_transformers(checkpoint):
         torch.testing.assert_close(top_values, expected.topk(3, dim=-1).values, atol=ATOL, rtol=0)
         top_ids = torch.tensor([[token_id for token_id, _ in token.top_logprobs] for token in scored[1:]])
         torch.testing.assert_close(expected.gather(1, top_ids), top_values, atol=ATOL, rtol=0)
+
+
+# On a GPU: each engine gets a small KV budget, so that several fit one GPU in a test run
+GPU_SETTINGS = {"device": "cuda", "kv_cache_memory_gb": 1}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention_backend", ["torch", "triton"])
+def test_logits_match_transformers_on_cuda(checkpoint, attention_backend):
+    """float32 on the GPU against transformers' float32 on the CPU: summation order, and the
+    GPU's own matmul kernels, apart."""
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 40000, (n,), generator=generator).tolist() for n in (7, 33, 58)]
+    check_logits_match_transformers(checkpoint, prompts, attention_backend, 16, 64, atol=1e-3, **GPU_SETTINGS)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_give_the_eager_tokens(checkpoint):
+    generator = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 40000, (n,), generator=generator).tolist() for n in (5, 20, 41, 9)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    outputs = []
+    for eager in (True, False):
+        llm = LLM(str(checkpoint), dtype="float32", attention_backend="triton", enforce_eager=eager, **GPU_SETTINGS)
+        outputs.append([out["token_ids"] for out in llm.generate(prompts, params, use_tqdm=False)])
+        llm.shutdown()
+    assert outputs[0] == outputs[1]

@@ -97,12 +97,14 @@ def test_greedy_parity_on_cuda(backend, smollm2_path, smollm2_tokenizer, referen
     prompts = [chat_prompt(smollm2_tokenizer, m) for m in CHAT_MESSAGES]
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
     if backend == "flash-attn":
-        ours = LLM(str(smollm2_path), device="cuda", dtype="bfloat16", attention_backend=backend, block_size=256)
-        peer = LLM(str(smollm2_path), device="cuda", dtype="bfloat16", attention_backend="torch", enforce_eager=True)
+        ours = LLM(str(smollm2_path), device="cuda", dtype="bfloat16", attention_backend=backend, block_size=256,
+                   kv_cache_memory_gb=2)
+        peer = LLM(str(smollm2_path), device="cuda", dtype="bfloat16", attention_backend="torch", enforce_eager=True,
+                   kv_cache_memory_gb=2)
         for a, b in zip(ours.generate(prompts, params, use_tqdm=False), peer.generate(prompts, params, use_tqdm=False)):
             assert a["token_ids"][:8] == b["token_ids"][:8]
         return
-    ours = LLM(str(smollm2_path), device="cuda", dtype="float32", attention_backend=backend)
+    ours = LLM(str(smollm2_path), device="cuda", dtype="float32", attention_backend=backend, kv_cache_memory_gb=2)
     for prompt, result in zip(prompts, ours.generate(prompts, params, use_tqdm=False)):
         ids = smollm2_tokenizer(prompt, return_tensors="pt").input_ids
         expected = reference_model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False)[0, ids.shape[1] :]

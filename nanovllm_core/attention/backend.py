@@ -65,6 +65,11 @@ class AttentionBackend:
                 f"attention backend {cls.name!r} runs on {', '.join(cls.devices)}, not {device.type}"
             )
 
+    @classmethod
+    def check_config(cls, block_size: int, dtype: torch.dtype) -> None:
+        """Raise RuntimeError with a how-to-fix message if the backend cannot run this KV-cache
+        block size or model dtype; checked before anything is built (``auto`` then tries the next)."""
+
     def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
         """Shape of one layer's K (and of its V) cache."""
         raise NotImplementedError

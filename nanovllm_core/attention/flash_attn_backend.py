@@ -13,6 +13,7 @@ import torch
 from nanovllm_core.attention.backend import AttentionBackend, AttentionMetadata
 
 PAGE_MULTIPLE = 256
+MIN_VERSION = (2, 5)  # paged K/V (block_table) in flash_attn_with_kvcache and flash_attn_varlen_func
 INSTALL_HINT = "pip install flash-attn --no-build-isolation (needs a CUDA GPU and a matching torch)"
 
 
@@ -22,19 +23,26 @@ class FlashAttentionBackend(AttentionBackend):
     supports_cuda_graphs = True
     supports_sliding_window = True
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int):
-        if block_size % PAGE_MULTIPLE:
-            raise ValueError(f"attention backend 'flash-attn' needs block_size to be a multiple of "
-                             f"{PAGE_MULTIPLE}, got {block_size}; pass --block-size 256")
-        super().__init__(num_heads, num_kv_heads, head_dim, block_size)
-
     @classmethod
     def check_available(cls, device: torch.device) -> None:
         try:
-            import flash_attn  # noqa: F401
+            import flash_attn
         except ImportError as error:
             raise RuntimeError(f"attention backend 'flash-attn' is not installed: {INSTALL_HINT}") from error
+        version = tuple(int(part) for part in flash_attn.__version__.split(".")[:2] if part.isdigit())
+        if version < MIN_VERSION:
+            raise RuntimeError(f"attention backend 'flash-attn' needs flash-attn >= 2.5 (paged K/V), "
+                               f"found {flash_attn.__version__}: {INSTALL_HINT}")
         super().check_available(device)
+
+    @classmethod
+    def check_config(cls, block_size: int, dtype: torch.dtype) -> None:
+        if block_size % PAGE_MULTIPLE:
+            raise RuntimeError(f"attention backend 'flash-attn' needs block_size to be a multiple of "
+                               f"{PAGE_MULTIPLE}, got {block_size}; pass --block-size 256")
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise RuntimeError(f"attention backend 'flash-attn' runs in float16 or bfloat16, not {dtype}; "
+                               "pass --dtype bfloat16")
 
     def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
         return (num_blocks, self.block_size, self.num_kv_heads, self.head_dim)

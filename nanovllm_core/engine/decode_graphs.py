@@ -38,10 +38,12 @@ CPU_BATCH_SIZES = (1, 2, 4, 8)
 class DecodeGraphRunner:
     """Static input buffers and the dispatch of a decode batch to its graph; subclasses capture and replay."""
 
-    def __init__(self, model: nn.Module, sizes: list[int], max_blocks_per_seq: int, device: torch.device):
+    def __init__(self, model: nn.Module, sizes: list[int], max_blocks_per_seq: int, block_size: int,
+                 device: torch.device):
         self.model = model
         self.sizes = sizes
         self.max_blocks_per_seq = max_blocks_per_seq
+        self.max_context_len = max_blocks_per_seq * block_size  # in tokens, as the metadata counts it
         largest = self.sizes[-1]
         self.input_ids = torch.zeros(largest, dtype=torch.int64, device=device)
         self.positions = torch.zeros(largest, dtype=torch.int64, device=device)
@@ -58,7 +60,7 @@ class DecodeGraphRunner:
             context_lens=self.context_lens[:size],
             query_start_loc=self.query_start_loc[: size + 1],
             max_query_len=1,
-            max_context_len=self.max_blocks_per_seq,
+            max_context_len=self.max_context_len,
             query_lens_host=[1] * size,
             context_lens_host=[0] * size,  # not read by graph-capable backends on decodes
         )
@@ -87,9 +89,10 @@ class DecodeGraphRunner:
 class CudaGraphRunner(DecodeGraphRunner):
     """Every size captured at start, the largest first, so that the others fit in its memory pool."""
 
-    def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, device: torch.device):
+    def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, block_size: int,
+                 device: torch.device):
         super().__init__(model, [size for size in CUDA_BATCH_SIZES if size <= max_batch_size], max_blocks_per_seq,
-                         device)
+                         block_size, device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
@@ -117,9 +120,10 @@ class CpuGraphRunner(DecodeGraphRunner):
     """Each size recorded the first time a batch needs it, so that an engine, a test's among
     them, pays only for the sizes it uses; a recording costs about one forward pass."""
 
-    def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, device: torch.device):
+    def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, block_size: int,
+                 device: torch.device):
         super().__init__(model, [size for size in CPU_BATCH_SIZES if size <= max_batch_size], max_blocks_per_seq,
-                         device)
+                         block_size, device)
         self.graphs: dict[int, torch.fx.GraphModule] = {}
 
     def _replay(self, size: int) -> torch.Tensor:

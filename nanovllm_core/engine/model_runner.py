@@ -32,7 +32,7 @@ from nanovllm_core.layers.quantization import quantize_model_
 from nanovllm_core.loader import ModelSource, load_model_weights, resolve_model
 from nanovllm_core.outputs import SampledToken
 from nanovllm_core.pooling import PoolerConfig, embed
-from nanovllm_core.engine.sampling_inputs import build_sampling_batch, ending_token_ids
+from nanovllm_core.engine.sampling_inputs import build_sampling_batch, ending_token_ids, worst_case_sampling_batch
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_kernels.cpu_has_bf16() else torch.float32
 
 
-def select_attention_backend(name: str, device: torch.device) -> type[AttentionBackend]:
+def select_attention_backend(name: str, device: torch.device, block_size: int = 16,
+                             dtype: torch.dtype = torch.float32) -> type[AttentionBackend]:
+    """The backend ``name`` if it can run here (else RuntimeError saying how to fix it); ``auto``:
+    the first of the preference order that is installed and can run this block size and dtype."""
     registry = plugins.attention_backends()
     if name == "auto":
         candidates = CUDA_BACKEND_PREFERENCE if device.type == "cuda" else CPU_BACKEND_PREFERENCE
@@ -81,13 +84,15 @@ def select_attention_backend(name: str, device: torch.device) -> type[AttentionB
             backend = registry.get(candidate)
             try:
                 backend.check_available(device)
+                backend.check_config(block_size, dtype)
             except RuntimeError as error:
-                logger.info("attention backend %s unavailable: %s", candidate, error)
+                logger.info("attention backend %s skipped: %s", candidate, error)
                 continue
             return backend
         raise RuntimeError(registry.describe_missing("auto"))
     backend = registry.get(name)
     backend.check_available(device)
+    backend.check_config(block_size, dtype)
     return backend
 
 
@@ -119,7 +124,7 @@ class ModelRunner:
         self.pooler = plugins.poolers().get(pooler_config.pooler)() if pooler_config is not None else None
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         layer = self.attention_layers[0]
-        backend_cls = select_attention_backend(config.attention_backend, self.device)
+        backend_cls = select_attention_backend(config.attention_backend, self.device, self.block_size, self.dtype)
         self.backend = backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, self.block_size)
         if any(layer.sliding_window for layer in self.attention_layers) and not backend_cls.supports_sliding_window:
             raise ValueError(f"{hf_config.architectures[0]} has sliding-window layers, which attention backend "
@@ -227,7 +232,8 @@ class ModelRunner:
     @torch.inference_mode()
     def _profile_activation_memory(self) -> int:
         """Peak memory of the largest step the scheduler can make (one prefill of
-        max_num_batched_tokens, logits for max_num_seqs rows), beyond the weights."""
+        max_num_batched_tokens, logits for max_num_seqs rows and the sampler on them with
+        every option on), beyond the weights."""
         tokens = min(self.config.max_num_batched_tokens, self.hf_config.max_position_embeddings)
         num_blocks = -(-tokens // self.block_size)
         self._set_kv_cache(num_blocks)
@@ -246,7 +252,9 @@ class ModelRunner:
             hidden_states = self.model(torch.zeros(tokens, dtype=torch.int64, device=self.device),
                                        torch.arange(tokens, device=self.device))
         rows = min(tokens, self.config.max_num_seqs)
-        self.model.compute_logits(hidden_states[:rows]).float().softmax(dim=-1)
+        logits = self.model.compute_logits(hidden_states[:rows]).float()
+        if self.sampler is not None:  # rank 0 samples
+            self.sampler(logits, worst_case_sampling_batch(rows, self.hf_config.vocab_size).to(self.device))
         peak = torch.cuda.max_memory_allocated(self.device) - before
         self._set_kv_cache(0)
         torch.cuda.empty_cache()
@@ -275,10 +283,10 @@ class ModelRunner:
             return None
         max_batch_size, max_blocks = self.config.max_num_seqs, -(-self.max_model_len // self.block_size)
         if self.device.type == "cuda" and self.backend.supports_cuda_graphs:
-            return CudaGraphRunner(self.model, min(max_batch_size, 512), max_blocks, self.device)
+            return CudaGraphRunner(self.model, min(max_batch_size, 512), max_blocks, self.block_size, self.device)
         # a recorded graph would hold a tensor-parallel step's collectives as they were recorded
         if self.device.type == "cpu" and self.backend.supports_cpu_graphs and self.config.tensor_parallel_size == 1:
-            return CpuGraphRunner(self.model, max_batch_size, max_blocks, self.device)
+            return CpuGraphRunner(self.model, max_batch_size, max_blocks, self.block_size, self.device)
         return None
 
     def _prepare(self, batch: ScheduledBatch) -> tuple[StepInputs, list[bool], list[tuple[int, int, int]],

@@ -45,6 +45,24 @@ def build_sampling_batch(
     )
 
 
+def worst_case_sampling_batch(rows: int, vocab_size: int) -> SamplingBatch:
+    """``rows`` rows with every option on (top-k and top-p sort the vocabulary, min-p, penalties,
+    20 logprobs): what the sampler's memory peaks at, for the KV cache's budget."""
+    def full(value, dtype):
+        return torch.full((rows,), value, dtype=dtype)
+
+    history = torch.zeros(rows, 1, dtype=torch.int64)
+    return SamplingBatch(
+        temperature=full(1.0, torch.float32), top_k=full(50, torch.int64), top_p=full(0.9, torch.float32),
+        min_p=full(0.05, torch.float32), presence_penalty=full(0.5, torch.float32),
+        frequency_penalty=full(0.5, torch.float32), repetition_penalty=full(1.1, torch.float32),
+        seeds=torch.arange(rows, dtype=torch.int64), steps=full(0, torch.int64),
+        bias_rows=torch.zeros(0, dtype=torch.int64), bias_tokens=torch.zeros(0, dtype=torch.int64),
+        bias_values=torch.zeros(0, dtype=torch.float32), prompt_tokens=history, output_tokens=history,
+        num_logprobs=[20] * rows, all_greedy=False, vocab_size=vocab_size,
+    )
+
+
 def ending_token_ids(params: SamplingParams, eos_token_ids: set[int]) -> set[int]:
     """The tokens that end a sequence of this request."""
     return set(params.stop_token_ids) | (set() if params.ignore_eos else eos_token_ids)

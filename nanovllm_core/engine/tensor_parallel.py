@@ -59,10 +59,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def cuda_device_index(rank: int) -> int:
+    """This rank's GPU on its node: torchrun's LOCAL_RANK (rank % GPUs is wrong on every node
+    but the first when the nodes' GPU counts differ, or ranks are not laid out node by node)."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    return int(local_rank) if local_rank is not None else rank % torch.cuda.device_count()
+
+
 def init_process_group(rank: int, world_size: int, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+        torch.cuda.set_device(cuda_device_index(rank))
     else:
         # the ranks share the CPU cores rather than each claiming all of them
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world_size))
