@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
@@ -80,20 +81,36 @@ class RequestModel(BaseModel):
 
 
 def _has_lone_surrogate(value: Any) -> bool:
-    stack = [value]
-    while stack:  # iterative: the body may nest deeper than Python's recursion limit
-        item = stack.pop()
+    for item in leaves(value):
         if isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 return True
+    return False
+
+
+def leaves(value: Any) -> Iterator[Any]:
+    """Every string, number and other leaf of a body or a request model, dict keys included;
+    iterative, since a body may nest deeper than Python's recursion limit (or pydantic's)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseModel):
+            stack.extend(vars(item).values())
+            stack.extend((item.model_extra or {}).values())
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, list):
+        elif isinstance(item, (list, tuple)):
             stack.extend(item)
-    return False
+        else:
+            yield item
+
+
+def text_size(value: Any) -> int:
+    """Characters of every leaf of ``value`` as text: what a template may write of it."""
+    return sum(len(item) if isinstance(item, str) else len(str(item)) for item in leaves(value) if item is not None)
 
 
 class StreamOptions(BaseModel):

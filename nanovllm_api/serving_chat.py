@@ -22,6 +22,7 @@ from nanovllm_api.protocol import (
     Delta,
     TokenLogprob,
     TopLogprob,
+    text_size,
 )
 from nanovllm_api.chat_tools import StreamedToolCalls, ToolUse, finish_reason, message_tool_calls, tool_use
 from nanovllm_api.generation import (
@@ -68,7 +69,7 @@ async def start_chat(request: ChatCompletionRequest, ctx: ServingContext, id_pre
         raise BadRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = tool_use(request, ctx.tool_parser)
     # everything the template may write into the prompt: messages and their tool calls, tools, template arguments
-    ctx.check_prompt_chars([request.model_dump_json(include={"messages", "tools", "chat_template_kwargs"})])
+    ctx.check_prompt_chars(text_size([request.messages, request.tools, request.chat_template_kwargs]))
 
     def render() -> tuple[str, list[int]]:
         prompt = ctx.renderer.render(

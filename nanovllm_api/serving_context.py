@@ -55,14 +55,13 @@ class ServingContext:
             self._token_bytes = TokenBytes(self.tokenizer)
         return self._token_bytes
 
-    def check_prompt_chars(self, texts: list[str]) -> None:
+    def check_prompt_chars(self, chars: int) -> None:
         """Refuse, before tokenizing, text that cannot fit in the context however it is
         tokenized: no token covers more characters than the vocabulary's longest."""
         max_model_len = self.model.max_model_len
         if self._max_prompt_chars is None:
             longest_token = max(len(piece) for piece in self.tokenizer.get_vocab())
             self._max_prompt_chars = max_model_len * longest_token
-        chars = sum(len(text) for text in texts)
         if chars > self._max_prompt_chars:
             raise ContextLengthError(
                 f"This model's maximum context length is {max_model_len} tokens; the prompt's {chars} "
@@ -96,7 +95,7 @@ class ServingContext:
             return [list(prompt)]
         for text in prompt:
             if isinstance(text, str):
-                self.check_prompt_chars([text])
+                self.check_prompt_chars(len(text))
         tokenizer = self.tokenizer
         return await asyncio.to_thread(
             lambda: [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompt]
