@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=None, help="default: every installed backend that runs here")
     parser.add_argument("--hf-batch-size", type=int, default=64)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--output", default=str(HERE / "results" / "gpu_throughput.json"), help="the JSON results")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
@@ -152,9 +153,9 @@ def main() -> None:
     for row in rows:
         print(f"{row['engine']:<52}{row['tok_per_s']:>10.0f}{row['seconds']:>10.1f}")
     print("\nceilings:", json.dumps(limits, indent=2))
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "gpu_throughput.json").write_text(json.dumps({"gpu": gpu, "workload": vars(args), "results": rows, "ceilings": limits}, indent=2))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"gpu": gpu, "workload": vars(args), "results": rows, "ceilings": limits}, indent=2))
 
 
 def _usable(name: str) -> bool:

@@ -29,6 +29,18 @@ def smollm2_path():
 
 
 @pytest.fixture(scope="session")
+def word_tokenizer():
+    """49,152 words (w0 ... w49151), built here: a tokenizer for random-weight checkpoints whose
+    tests read token ids only, with no model package (the GPU suite's machine has no SmolLM2)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(49152)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w0", eos_token="w1", pad_token="w0")
+
+
+@pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2_path):
     from transformers import AutoTokenizer
 

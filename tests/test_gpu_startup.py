@@ -62,13 +62,13 @@ def test_each_rank_takes_its_local_gpu(monkeypatch):
     assert chosen == [2, 5]
 
 
-def test_the_kv_budget_profile_runs_the_sampler_at_max_num_seqs_rows(tmp_path, smollm2_tokenizer, monkeypatch):
+def test_the_kv_budget_profile_runs_the_sampler_at_max_num_seqs_rows(tmp_path, word_tokenizer, monkeypatch):
     """Regression: the profile measured the logits alone, and the sampler's sort over the
     vocabulary for every row came later, on top of a KV cache that had taken the rest."""
     from nanovllm_core import LLM
     from tiny_models import make_tiny_checkpoint
 
-    llm = LLM(str(make_tiny_checkpoint("Qwen3ForCausalLM", tmp_path, smollm2_tokenizer)), dtype="float32",
+    llm = LLM(str(make_tiny_checkpoint("Qwen3ForCausalLM", tmp_path, word_tokenizer)), dtype="float32",
               max_num_seqs=6, max_num_batched_tokens=64, enforce_eager=True)
     runner = llm.engine.runner
     rows_sampled = []

@@ -15,8 +15,8 @@ ATOL = 2e-4
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
-def checkpoint(request, tmp_path_factory, smollm2_tokenizer):
-    return make_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param), smollm2_tokenizer)
+def checkpoint(request, tmp_path_factory, word_tokenizer):
+    return make_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param), word_tokenizer)
 
 
 @pytest.mark.parametrize("attention_backend,block_size,max_num_batched_tokens", CPU_PARITY_SETTINGS)
