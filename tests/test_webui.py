@@ -18,9 +18,10 @@ from prefix_proxy import PrefixProxy
 from server_process import metric, serve, wait_for
 
 MODEL = "SmolLM2-135M-Instruct"
-HTML_SEED, LONG_SEED = 101, 102
+HTML_SEED, LONG_SEED, THINKING_SEED = 101, 102, 103
 HTML_ANSWER = 'Here: <img src=x onerror="window.__xss=1"> and <b>bold</b>'
 LONG_ANSWER = " ".join(f"word{i}" for i in range(100))  # about 300 tokens
+THINKING, THOUGHT_ANSWER = "The user wants a city.", "Paris."
 HUNG_S = 120
 
 
@@ -35,14 +36,15 @@ def scripts(tmp_path_factory, smollm2_tokenizer):
     end = smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")
     encode = lambda text: smollm2_tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     path = tmp_path_factory.mktemp("scripts") / "scripts.json"
-    path.write_text(json.dumps({HTML_SEED: encode(HTML_ANSWER) + [end], LONG_SEED: encode(LONG_ANSWER) + [end]}))
+    path.write_text(json.dumps({HTML_SEED: encode(HTML_ANSWER) + [end], LONG_SEED: encode(LONG_ANSWER) + [end],
+                                THINKING_SEED: encode(f"<think>{THINKING}</think>{THOUGHT_ANSWER}") + [end]}))
     return path
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, scripts):
-    yield from serve(tmp_path_factory, "webui", "--sampler", "scripted", env={"SCRIPTS_FILE": str(scripts)},
-                     entry=("tests/scripted_server.py",))
+    yield from serve(tmp_path_factory, "webui", "--sampler", "scripted", "--reasoning-parser", "qwen3",
+                     env={"SCRIPTS_FILE": str(scripts)}, entry=("tests/scripted_server.py",))
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +143,15 @@ def test_html_from_the_model_is_shown_as_text(chat):
     assert chat.answer_text().strip() == HTML_ANSWER
     assert chat.page.locator("#messages img, #messages b").count() == 0
     assert chat.page.evaluate("window.__xss") is None
+
+
+def test_the_models_thinking_is_shown_folded(chat):
+    chat.ask("Which city?", seed=THINKING_SEED)
+    chat.wait_done()
+    reasoning = chat.page.locator(".message.assistant details.reasoning")
+    assert reasoning.get_attribute("open") is None  # folded
+    assert reasoning.text_content() == f"Reasoning{THINKING}"
+    assert chat.answer_text().strip() == THOUGHT_ANSWER
 
 
 def test_a_reload_keeps_the_conversation_and_new_chat_starts_another(chat):
