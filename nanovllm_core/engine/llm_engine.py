@@ -277,16 +277,19 @@ class LLMEngine:
             self.block_manager.free(probe)
 
     def _process(self, seq: Sequence, result: SampledToken | object) -> RequestOutput:
+        if isinstance(result, RowFailed):  # logged where it failed
+            return self._fail(seq)
         try:
-            if isinstance(result, RowFailed):
-                raise RuntimeError("its step failed")
             return self._finish_embedding(seq, result) if seq.is_pooling else self._append(seq, result)
-        except Exception:
-            logger.exception("request %s failed; the others go on", seq.request_id)
-            seq.finish("error")
-            self.requests.pop(seq.request_id, None)
-            return RequestOutput.failed(seq.request_id, seq.num_prompt_tokens,
-                                        "The engine failed on this request; the others were not affected.")
+        except Exception:  # detokenizing, the grammar, stops: this request's own, as a step's would be
+            logger.exception("request %s failed after its step; the others go on", seq.request_id)
+            return self._fail(seq)
+
+    def _fail(self, seq: Sequence) -> RequestOutput:
+        seq.finish("error")
+        self.requests.pop(seq.request_id, None)
+        return RequestOutput.failed(seq.request_id, seq.num_prompt_tokens,
+                                    "The engine failed on this request; the others were not affected.")
 
     def _finish_embedding(self, seq: Sequence, embedding: object) -> RequestOutput:
         seq.finish("stop")
