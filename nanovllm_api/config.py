@@ -49,7 +49,8 @@ class ServerConfig(EngineConfig):
     replica_timeout: float = Field(
         60, gt=0, description="Seconds a data-parallel replica may go without a heartbeat (it sends one every "
         "0.25 s), or with work and no finished step, before it counts as hung: it is killed, its requests fail "
-        "with a 500 and the rest serve on (/health says degraded)."
+        "with a 500 and the rest serve on (/health says degraded). Keep it above the longest step (a prefill of "
+        "max_num_batched_tokens), which a large model on a few CPU cores can take a minute for."
     )
     threads_per_replica: int | None = Field(
         None, ge=1, description="CPU threads of each data-parallel replica, each pinned to its own cores "
