@@ -17,8 +17,11 @@ from tiny_models import make_tiny_checkpoint
 
 
 def no_worker_left():
-    # multiprocessing's resource tracker may stay; it is not a worker and ends with this process
-    return not [p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+    """No worker process of an engine of this process is left. Its workers are this process's own
+    children; a server that another test module shares (a subprocess) has processes of its own,
+    its grammar workers, which are not these. multiprocessing's resource tracker may stay; it is
+    not a worker and ends with this process."""
+    return not [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
 
 
 @pytest.fixture(scope="module")
