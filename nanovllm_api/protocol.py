@@ -194,12 +194,10 @@ class StructuredOutputs(BaseModel):
             raise InvalidRequestError(f"give exactly one constraint of json, regex, choice and grammar; got "
                                       f"{', '.join(given) or 'none'}", param=param)
         kind, value = given.popitem()
-        if kind == "json":
-            try:
-                schema = json.loads(value) if isinstance(value, str) else value
-            except ValueError as error:
-                raise InvalidRequestError(f"{param}: the JSON schema is not JSON: {error}", param=param) from error
-            return GuidedDecoding.from_json("json_schema", schema, param)
+        if kind == "json":  # JSON text as it came (schema_check parses it where it compiles), or an object
+            if isinstance(value, str):
+                return GuidedDecoding("json_schema", value, param=param)
+            return GuidedDecoding.from_json("json_schema", value, param)
         if kind == "choice":  # one alternative per choice, each a literal string
             choices = " | ".join(json.dumps(c, ensure_ascii=False) for c in value)
             return GuidedDecoding("ebnf", "root ::= " + choices, param=param)

@@ -188,6 +188,10 @@ def test_two_constraints_a_bad_schema_and_an_oversize_regex_are_400s(server):
     bad = {**body, "response_format": None, "guided_choice": None, "guided_json": '{"type": "nope"}'}
     response = httpx.post(f"{server.url}/v1/chat/completions", json=bad)
     assert response.status_code == 400 and response.json()["error"]["param"] == "guided_json", response.text
+    not_json = {**bad, "guided_json": '{not json'}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=not_json)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "guided_json", response.text
+    assert "the JSON schema is not JSON" in response.json()["error"]["message"]
     huge = {**body, "response_format": None, "guided_choice": None, "guided_regex": "a" * 65537}
     response = httpx.post(f"{server.url}/v1/chat/completions", json=huge)
     assert response.status_code == 400 and response.json()["error"]["param"] == "guided_regex", response.text

@@ -3,9 +3,10 @@ batches while requests arrive; each request reads its outputs from its own async
 
 The thread owns the LLMEngine: checked requests and aborts reach it as commands
 on a thread-safe queue, and each step's outputs go back to the event loop in one
-``call_soon_threadsafe``. Requests are checked on the client's side and their constraints
-compiled in worker processes (``grammar.compile_pool``), so the engine thread only steps. PyTorch releases the GIL inside its kernels, so the event
-loop keeps accepting and streaming while a step runs.
+``call_soon_threadsafe``. Requests are checked on the client's side and their
+constraints compiled in worker processes (``grammar.compile_pool``), so the engine
+thread only steps. PyTorch releases the GIL inside its kernels, so the event loop
+keeps accepting and streaming while a step runs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ logger = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.5
 # outputs one request may have waiting for its reader; past this it is not reading
 MAX_PENDING_OUTPUTS = 4096
-# grammar compilations at once; a request waiting for a worker counts it against its timeout
+# grammar compilations at once, each in a worker process (a request's wait for one does not
+# count against its timeout; its time in one does)
 GRAMMAR_COMPILE_WORKERS = 2
 
 
