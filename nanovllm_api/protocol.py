@@ -307,7 +307,8 @@ class SamplingFields(RequestModel):
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=value("repetition_penalty", 1.0),
-            logit_bias=self._logit_bias(model.vocab_size),
+            # keys are ASCII digits (TokenIdKey); ModelInfo.check_request refuses ids past the vocabulary
+            logit_bias={int(key): value for key, value in self.logit_bias.items()} if self.logit_bias else None,
             stop=stop,
             stop_token_ids=list(self.stop_token_ids or []),
             include_stop_str_in_output=self.include_stop_str_in_output,
@@ -343,16 +344,6 @@ class SamplingFields(RequestModel):
         if kind == "structured_outputs":
             return self.structured_outputs.to_guided_decoding()
         return StructuredOutputs(**{kind.removeprefix("guided_"): getattr(self, kind)}).to_guided_decoding(param=kind)
-
-    def _logit_bias(self, vocab_size: int) -> dict[int, float] | None:
-        if not self.logit_bias:
-            return None
-        bias = {int(key): value for key, value in self.logit_bias.items()}  # keys are ASCII digits
-        bad = [token for token in bias if token >= vocab_size]
-        if bad:
-            raise InvalidRequestError(f"logit_bias keys are not token ids in [0, {vocab_size}): {bad[:5]}",
-                                      param="logit_bias")
-        return bias
 
 
 class TextPart(BaseModel):
