@@ -10,8 +10,8 @@ from typing import Any
 from jinja2 import TemplateError
 
 from nanovllm_api.errors import BadRequest
-from nanovllm_api.protocol import ChatMessage
-from nanovllm_api.protocol import ToolCall
+from nanovllm_api.protocol.chat import ChatMessage
+from nanovllm_api.protocol.chat import ToolCall
 from nanovllm_core import plugins
 from nanovllm_core.registry import UnknownImplementationError
 from nanovllm_core.tool_calls import ParsedToolCall, Tool, ToolCallParser

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from nanovllm_api.errors import BadRequest
-from nanovllm_api.protocol import ChatCompletionRequest, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta
+from nanovllm_api.protocol.chat import ChatCompletionRequest, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta
 from nanovllm_core import plugins
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.tool_calls import ParsedToolCall, ParsedToolCallDelta, Tool, ToolCallParser, ToolCallStream

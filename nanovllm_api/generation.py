@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from nanovllm_api.errors import InternalError, RequestTimeout, TooManyRequests, Unavailable
 from nanovllm_api.metrics import RequestTimer
-from nanovllm_api.protocol import new_id, now
+from nanovllm_api.protocol.common import new_id, now
 from nanovllm_api.serving_context import ServingContext
 from nanovllm_core.engine_client import EngineFailed, EngineUnavailable, GenerationStream, QueueFull, ReaderStalled
 from nanovllm_core.outputs import RequestOutput, SampledToken

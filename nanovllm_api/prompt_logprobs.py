@@ -4,7 +4,8 @@ logprob and rank, and the most likely tokens at that position."""
 from __future__ import annotations
 
 from nanovllm_api.errors import BadRequest
-from nanovllm_api.protocol import PromptLogprob, PromptLogprobs, SamplingFields
+from nanovllm_api.protocol.common import PromptLogprob, PromptLogprobs
+from nanovllm_api.protocol.sampling import SamplingFields
 from nanovllm_core.outputs import SampledToken
 
 

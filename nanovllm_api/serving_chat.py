@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from nanovllm_api.errors import BadRequest
-from nanovllm_api.protocol import (
+from nanovllm_api.protocol.chat import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -22,8 +22,8 @@ from nanovllm_api.protocol import (
     Delta,
     TokenLogprob,
     TopLogprob,
-    text_size,
 )
+from nanovllm_api.protocol.common import text_size
 from nanovllm_api.chat_tools import StreamedToolCalls, ToolUse, finish_reason, message_tool_calls, tool_use
 from nanovllm_api.generation import (
     Choice,
@@ -35,7 +35,7 @@ from nanovllm_api.generation import (
     start_generation,
 )
 from nanovllm_api.prompt_logprobs import check_not_streamed, prompt_logprobs
-from nanovllm_api.serving_context import ServingContext, check_fields
+from nanovllm_api.serving_context import ServingContext
 from nanovllm_api.streaming import event_stream, sse
 from nanovllm_api.usage import StreamUsage, usage
 from nanovllm_core.detokenizer import TokenBytes
@@ -52,7 +52,6 @@ class ChatRun:
 
 
 async def create_chat_completion(request: ChatCompletionRequest, raw: Request, ctx: ServingContext):
-    check_fields(request)
     run = await start_chat(request, ctx, "chatcmpl")
     if request.stream:
         events = _stream(ctx, request, run.tools, run.generation, run.prompt)
@@ -61,9 +60,9 @@ async def create_chat_completion(request: ChatCompletionRequest, raw: Request, c
 
 
 async def start_chat(request: ChatCompletionRequest, ctx: ServingContext, id_prefix: str) -> ChatRun:
-    """Check the request, render and tokenize its conversation off the event loop, submit it."""
-    model = ctx.check_model(request.model)
-    ctx.model.check_task("generate")
+    """Check the request's fields (the route's guard has checked its model and task), render
+    and tokenize its conversation off the event loop, submit it."""
+    model = ctx.served_name(request.model)
     check_not_streamed(request)
     if request.top_logprobs is not None and not request.logprobs:
         raise BadRequest("top_logprobs requires logprobs to be true", param="top_logprobs")

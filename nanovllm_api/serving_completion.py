@@ -9,7 +9,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from nanovllm_api.errors import BadRequest
-from nanovllm_api.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
+from nanovllm_api.protocol.completion import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from nanovllm_api.generation import (
     Choice,
     Generation,
@@ -20,16 +20,14 @@ from nanovllm_api.generation import (
     start_generation,
 )
 from nanovllm_api.prompt_logprobs import check_not_streamed, prompt_logprobs
-from nanovllm_api.serving_context import ServingContext, check_fields
+from nanovllm_api.serving_context import ServingContext
 from nanovllm_api.streaming import event_stream, sse
 from nanovllm_api.usage import StreamUsage, usage
 from nanovllm_core.outputs import SampledToken
 
 
 async def create_completion(request: CompletionRequest, raw: Request, ctx: ServingContext):
-    model = ctx.check_model(request.model)
-    check_fields(request)
-    ctx.model.check_task("generate")
+    model = ctx.served_name(request.model)
     check_not_streamed(request)
     if request.best_of not in (None, request.n):
         raise BadRequest("best_of other than n is not supported", param="best_of")

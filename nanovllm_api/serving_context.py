@@ -10,7 +10,7 @@ from nanovllm_api.chat_template import ChatRenderer
 from nanovllm_api.config import ServerConfig
 from nanovllm_api.errors import BadRequest, NotFound, Unavailable
 from nanovllm_api.metrics import Metrics
-from nanovllm_api.protocol import IGNORED_FIELDS, UNSUPPORTED_FIELDS, RequestModel
+from nanovllm_api.protocol.common import IGNORED_FIELDS, RequestModel, UNSUPPORTED_FIELDS
 from nanovllm_core.detokenizer import TokenBytes
 from nanovllm_core.engine_client import EngineClient, EngineUnavailable
 from nanovllm_core.errors import ContextLengthError
@@ -100,6 +100,18 @@ class ServingContext:
         return await asyncio.to_thread(
             lambda: [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompt]
         )
+
+    def guard(self, request: RequestModel, task: str | None) -> None:
+        """The one check every request passes first, in this order: no field that would be
+        ignored (400), a model this server serves (404), one that serves ``task`` (400)."""
+        check_fields(request)
+        self.check_model(request.model)
+        if task is not None:
+            self.model.check_task(task)
+
+    def served_name(self, requested: str | None) -> str:
+        """The name the response gives the model (the guard has checked it)."""
+        return requested or self.model_names[0]
 
     def check_model(self, name: str | None) -> str:
         if name is None:

@@ -10,14 +10,13 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from nanovllm_api.generation import Generation, built_off_the_loop, cancel_on_disconnect, collect, engine_refusals
-from nanovllm_api.protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, new_id
-from nanovllm_api.serving_context import ServingContext, check_fields
+from nanovllm_api.protocol.common import new_id
+from nanovllm_api.protocol.embedding import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from nanovllm_api.serving_context import ServingContext
 
 
 async def create_embedding(request: EmbeddingRequest, raw: Request, ctx: ServingContext) -> Response:
-    model = ctx.check_model(request.model)
-    check_fields(request)
-    ctx.model.check_task("embed")  # before tokenizing for a model that cannot answer
+    model = ctx.served_name(request.model)
     prompts = await ctx.prompt_token_ids(request.input, param="input")
     params = request.to_pooling_params()
     request_id = new_id("embd")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nanovllm_api.protocol import ModelCard, ModelList, now
+from nanovllm_api.protocol.common import now
+from nanovllm_api.protocol.models import ModelCard, ModelList
 from nanovllm_api.serving_context import ServingContext
 from nanovllm_core.engine_client import EngineUnavailable
 

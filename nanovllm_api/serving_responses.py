@@ -18,20 +18,20 @@ from pydantic import BaseModel
 
 from nanovllm_api.chat_tools import StreamedToolCalls
 from nanovllm_api.generation import cancel_on_disconnect, collect, outputs_of
-from nanovllm_api.protocol import (
+from nanovllm_api.protocol.chat import ToolCallDelta
+from nanovllm_api.protocol.common import new_id
+from nanovllm_api.protocol.responses import (
     OutputFunctionCall,
     OutputMessage,
     OutputReasoning,
     OutputText,
     ReasoningText,
     ResponseObject,
-    ResponsesRequest,
     ResponseUsage,
-    ToolCallDelta,
-    new_id,
+    ResponsesRequest,
 )
 from nanovllm_api.serving_chat import ChatRun, start_chat
-from nanovllm_api.serving_context import ServingContext, check_fields
+from nanovllm_api.serving_context import ServingContext
 from nanovllm_api.streaming import event_stream
 from nanovllm_core.outputs import RequestOutput
 
@@ -39,7 +39,6 @@ Item = OutputMessage | OutputReasoning | OutputFunctionCall
 
 
 async def create_response(request: ResponsesRequest, raw: Request, ctx: ServingContext):
-    check_fields(request)
     run = await start_chat(request.to_chat_request(), ctx, "resp")
     builder = ResponseBuilder(ctx, request, run)
     if request.stream:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from fastapi import Request
+
 from nanovllm_api.errors import BadRequest
-from nanovllm_api.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from nanovllm_api.serving_context import ServingContext, check_fields
+from nanovllm_api.protocol.tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from nanovllm_api.serving_context import ServingContext
 
 
-async def tokenize(request: TokenizeRequest, ctx: ServingContext) -> TokenizeResponse:
-    ctx.check_model(request.model)
-    check_fields(request)
+async def tokenize(request: TokenizeRequest, raw: Request, ctx: ServingContext) -> TokenizeResponse:
     if (request.prompt is None) == (request.messages is None):
         raise BadRequest("give exactly one of 'prompt' and 'messages'", param="prompt")
 
@@ -24,9 +24,7 @@ async def tokenize(request: TokenizeRequest, ctx: ServingContext) -> TokenizeRes
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.model.max_model_len, tokens=tokens)
 
 
-async def detokenize(request: DetokenizeRequest, ctx: ServingContext) -> DetokenizeResponse:
-    ctx.check_model(request.model)
-    check_fields(request)
+async def detokenize(request: DetokenizeRequest, raw: Request, ctx: ServingContext) -> DetokenizeResponse:
     vocab_size = ctx.model.vocab_size
     bad = [t for t in request.tokens if t >= vocab_size]
     if bad:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nanovllm_api.protocol import SamplingFields, Usage
+from nanovllm_api.protocol.common import Usage
+from nanovllm_api.protocol.sampling import SamplingFields
 from nanovllm_core.outputs import RequestOutput
 
 

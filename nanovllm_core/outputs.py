@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# JSON has no -inf: a token the grammar masked reports this logprob instead (vLLM's floor too)
+LOGPROB_FLOOR = -9999.0
+
+
 @dataclass
 class SampledToken:
     token_id: int

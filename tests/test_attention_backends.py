@@ -305,7 +305,7 @@ def test_float32_queries_on_a_16_bit_cache(batch, cache_dtype):
 
 
 def test_auto_picks_the_cpu_kernels_and_falls_back_to_torch(monkeypatch):
-    from nanovllm_core.engine.model_runner import select_attention_backend
+    from nanovllm_core.engine.platform import select_attention_backend
 
     assert select_attention_backend("auto", torch.device("cpu")) is CpuAttentionBackend
 

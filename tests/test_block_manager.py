@@ -140,7 +140,10 @@ class KVWorld:
             else:
                 seq.append_token(self.rng.randrange(4))  # a tiny vocabulary makes repeats likely
 
-        self.scheduler.postprocess(batch, samples, sample)
+        for seq, sampled in zip(batch.seqs, samples):  # the output processor's part of a step
+            if sampled:
+                sample(seq, None)
+        self.scheduler.postprocess(batch)
         self.live = [s for s in self.live if not s.is_finished]
         if self.live and self.rng.random() < 0.05:
             victim = self.rng.choice(self.live)

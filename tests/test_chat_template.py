@@ -4,7 +4,7 @@ import pytest
 
 from nanovllm_api.chat_template import ChatRenderer, resolve_chat_template
 from nanovllm_api.errors import BadRequest
-from nanovllm_api.protocol import ChatMessage
+from nanovllm_api.protocol.chat import ChatMessage
 from nanovllm_core.registry import UnknownImplementationError
 from nanovllm_core.tool_calls.smollm2 import SmolLM2ToolCallParser
 

@@ -15,7 +15,8 @@ import httpx
 import psutil
 import pytest
 
-from nanovllm_core.engine.data_parallel import PrefixAffinity, _parse_cpu_list, replica_cpu_sets
+from nanovllm_core.engine.data_parallel.placement import parse_cpu_list, replica_cpu_sets
+from nanovllm_core.engine.data_parallel.routing import PrefixAffinity, Route, choose_replica
 from nanovllm_core.sampling_params import SamplingParams
 from server_process import (
     FLOAT32_UNQUANTIZED,
@@ -72,7 +73,7 @@ def stream(server, prompt: str, max_tokens: int, outcome: dict) -> None:
 
 
 def test_cpu_sets_split_the_usable_cores_without_overlap():
-    assert _parse_cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert parse_cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
     usable = sorted(os.sched_getaffinity(0))
     sets = replica_cpu_sets(len(usable), None)
     assert sorted(cpu for cpus in sets for cpu in cpus) == usable and all(len(cpus) == 1 for cpus in sets)
@@ -93,6 +94,18 @@ def test_prefix_affinity_needs_half_the_prompt_cached():
     small = PrefixAffinity(block_size=4, capacity=2)
     small.record(first, replica=0)
     assert small.owner(first[:1]) is None and small.owner(first) == 0  # the oldest prefixes forgotten first
+
+
+def test_routing_prefers_the_cached_prefix_unless_its_replica_is_overloaded():
+    """The least loaded replica (ties rotating from ``start``), unless the one caching the
+    prompt's prefix has room and at most twice the least load plus one."""
+    assert choose_replica({0: 2, 1: 2, 2: 2}, None, max_num_seqs=8, start=1, num_replicas=3) == Route(1, False)
+    assert choose_replica({0: 2, 1: 2, 2: 2}, None, max_num_seqs=8, start=3, num_replicas=3) == Route(0, False)
+    assert choose_replica({0: 1, 1: 3}, owner=1, max_num_seqs=8, start=0, num_replicas=2) == Route(1, True)
+    assert choose_replica({0: 1, 1: 4}, owner=1, max_num_seqs=8, start=0, num_replicas=2) == Route(0, False)
+    assert choose_replica({0: 7, 1: 8}, owner=1, max_num_seqs=8, start=0, num_replicas=2) == Route(0, False)
+    assert choose_replica({0: 3}, owner=1, max_num_seqs=8, start=0, num_replicas=2) == Route(0, False)  # full
+    assert choose_replica({0: 0, 1: 0}, owner=0, max_num_seqs=8, start=1, num_replicas=2) == Route(0, True)
 
 
 # served

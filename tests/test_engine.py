@@ -124,10 +124,10 @@ def test_the_cpu_kv_cache_holds_what_the_configuration_can_use(tmp_path, smollm2
     llm = LLM(str(checkpoint), dtype="float32", max_num_seqs=3, max_model_len=100, block_size=16)
     assert llm.engine.runner.num_blocks == 3 * 7  # ceil(100 / 16) blocks per sequence
     runner = llm.engine.runner
-    assert runner.num_blocks * runner.kv_bytes_per_block() == sum(
+    assert runner.num_blocks * runner.kv_cache.bytes_per_block() == sum(
         layer.k_cache.nbytes + layer.v_cache.nbytes for layer in runner.attention_layers)
     capped = LLM(str(checkpoint), dtype="float32", max_num_seqs=3, max_model_len=100, block_size=16,
-                 kv_cache_memory_gb=runner.kv_bytes_per_block() * 10 / (1 << 30))
+                 kv_cache_memory_gb=runner.kv_cache.bytes_per_block() * 10 / (1 << 30))
     assert capped.engine.runner.num_blocks == 10
 
 
@@ -172,7 +172,7 @@ def test_the_cpu_kv_cache_becomes_resident_only_as_blocks_are_written(tmp_path, 
     llm = LLM(checkpoint, dtype="float32", max_num_seqs=1024, max_model_len=512, kv_cache_memory_gb=1.0,
               enforce_eager=True)
     runner = llm.engine.runner
-    cache_mib = runner.num_blocks * runner.kv_bytes_per_block() / (1 << 20)
+    cache_mib = runner.num_blocks * runner.kv_cache.bytes_per_block() / (1 << 20)
     assert cache_mib > 200 and resident_mib() - before < cache_mib / 4
     layer = runner.attention_layers[0]
     assert not layer.k_cache.any() and not layer.v_cache.any()
@@ -204,14 +204,15 @@ def test_a_quantized_model_keeps_a_float16_cache_and_a_cached_prefix_changes_not
 
 def test_a_request_whose_output_processing_raises_fails_alone(engine, monkeypatch):
     """A fault after the model's step (detokenizing, grammar, stops) fails that request only."""
-    real_append = type(engine)._append
+    processor = type(engine.output_processor)
+    real_append = processor._append
 
     def append(self, seq, sampled):
         if seq.request_id == "bad" and seq.num_output_tokens == 2:
             raise RuntimeError("injected processing fault")
         return real_append(self, seq, sampled)
 
-    monkeypatch.setattr(type(engine), "_append", append)
+    monkeypatch.setattr(processor, "_append", append)
     free_before = engine.block_manager.num_free_blocks
     engine.add_request("bad", [5, 6, 7], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     engine.add_request("good", [5, 6, 8], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))

@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from nanovllm_api.protocol import ChatCompletionRequest
+from nanovllm_api.protocol.chat import ChatCompletionRequest
 from nanovllm_core.engine.llm_engine import LLMEngine
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.model_info import ModelInfo

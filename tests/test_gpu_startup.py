@@ -13,7 +13,7 @@ import torch
 from nanovllm_core.attention.flash_attn_backend import FlashAttentionBackend
 from nanovllm_core.attention.triton_backend import TritonAttentionBackend
 from nanovllm_core.engine import tensor_parallel
-from nanovllm_core.engine.model_runner import select_attention_backend
+from nanovllm_core.engine.platform import select_attention_backend
 
 CUDA = torch.device("cuda")  # only its type is read: no GPU is touched
 
@@ -83,6 +83,6 @@ def test_the_kv_budget_profile_runs_the_sampler_at_max_num_seqs_rows(tmp_path, w
     for name in ("memory_allocated", "max_memory_allocated"):
         monkeypatch.setattr(torch.cuda, name, lambda *args: 0)
     monkeypatch.setattr(runner, "sampler", spy)
-    monkeypatch.setattr(runner, "_zeroed_cache", lambda shape: torch.zeros(shape))  # as on a GPU (0 blocks at the end)
+    monkeypatch.setattr(runner.kv_cache, "zeroed", lambda shape: torch.zeros(shape))  # as on a GPU (0 blocks at the end)
     runner._profile_activation_memory()
     assert rows_sampled == [(6, 6, 20)]

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from nanovllm_api.chat_template import ChatRenderer, resolve_chat_template
-from nanovllm_api.protocol import ChatMessage
+from nanovllm_api.protocol.chat import ChatMessage
 from nanovllm_api.chat_tools import default_parser_name
 from nanovllm_core.grammar import GuidedDecoding
 from nanovllm_core.grammar.xgrammar_backend import XGrammarBackend

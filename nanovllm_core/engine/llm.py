@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.llm_engine import LLMEngine
-from nanovllm_core.engine.model_runner import work_unless_rank_zero
+from nanovllm_core.engine.tp_worker import work_unless_rank_zero
 from nanovllm_core.outputs import RequestOutput
 from nanovllm_core.pooling import PoolingParams
 from nanovllm_core.sampling_params import SamplingParams

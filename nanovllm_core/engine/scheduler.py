@@ -13,15 +13,10 @@ is preempted: its blocks are freed and it is recomputed later.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from nanovllm_core.engine.block_manager import BlockManager
 from nanovllm_core.engine.sequence import Sequence, SequenceStatus
-
-T = TypeVar("T")  # a sampled token
-R = TypeVar("R")  # what processing it gives
 
 
 @dataclass
@@ -116,19 +111,11 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def postprocess(
-        self, batch: ScheduledBatch, sampled: list[T | None], process: Callable[[Sequence, T], R]
-    ) -> list[R]:
-        """After a step: account for the tokens the model computed, hand each sampled
-        token to ``process`` (which appends it and may finish its sequence), free what
-        finished. Returns what ``process`` returned, in batch order."""
-        results = []
-        for seq, num_new, token in zip(batch.seqs, batch.num_new_tokens, sampled):
+    def postprocess(self, batch: ScheduledBatch) -> None:
+        """After a step and its outputs: account for the tokens the model computed, free what finished."""
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += num_new
-            if token is not None:  # None: a prompt still being prefilled in chunks
-                results.append(process(seq, token))
         self._free_finished()
-        return results
 
     def _free_finished(self) -> None:
         still_running = []

@@ -21,7 +21,8 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
+from enum import IntEnum
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,6 @@ from nanovllm_core.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
-STEP, STOP = 1, 0
 # steps are short, but workers wait for the next one as long as the server idles;
 # a dead peer is reported at once by the transport, not by this timeout
 COLLECTIVE_TIMEOUT = datetime.timedelta(days=7)
@@ -115,7 +115,7 @@ class WorkerGroup:
         if launched_by_torchrun():
             rank = int(os.environ["RANK"])
             if rank != 0:
-                raise RuntimeError("only rank 0 runs the engine; other ranks run model_runner.run_worker()")
+                raise RuntimeError("only rank 0 runs the engine; other ranks run tp_worker.run_worker()")
         else:
             self._spawn(config, worker_main)
         init_process_group(0, self.world_size, device)
@@ -156,7 +156,7 @@ class WorkerGroup:
         """Stop the workers (asking first, then insisting) and leave no process behind."""
         if send_stop and dist.is_initialized() and all(p.is_alive() for p in self.processes):
             try:
-                broadcast_header(torch.tensor([STOP] + [0] * (HEADER_SIZE - 1), device=self.device))
+                StepHeader(StepCommand.STOP).broadcast(self.device)
             except RuntimeError:
                 pass
         for process in self.processes:
@@ -169,13 +169,36 @@ class WorkerGroup:
 
 
 # the step protocol: a header of sizes, then the step's tensors, each broadcast from rank 0
-# command, tokens, seqs, block-table width, decodes, max query len, max context len, samples, prompt tokens scored
-HEADER_SIZE = 9
 
 
-def broadcast_header(header: torch.Tensor) -> torch.Tensor:
-    dist.broadcast(header, src=0)
-    return header
+class StepCommand(IntEnum):
+    STOP = 0
+    STEP = 1
+
+
+@dataclass(frozen=True)
+class StepHeader:
+    """What the other ranks need to receive a step: its command and its tensors' sizes."""
+
+    command: StepCommand
+    num_tokens: int = 0
+    num_seqs: int = 0
+    block_table_width: int = 0
+    num_decode_tokens: int = 0
+    max_query_len: int = 0
+    max_context_len: int = 0
+    num_samples: int = 0
+    num_prompt_scored: int = 0  # tokens whose logits score the next prompt token (prompt_logprobs)
+
+    def broadcast(self, device: torch.device) -> None:
+        dist.broadcast(torch.tensor(astuple(self), dtype=torch.int64, device=device), src=0)
+
+    @classmethod
+    def receive(cls, device: torch.device) -> StepHeader:
+        header = torch.zeros(len(fields(cls)), dtype=torch.int64, device=device)
+        dist.broadcast(header, src=0)
+        command, *sizes = header.tolist()
+        return cls(StepCommand(command), *sizes)
 
 
 @dataclass
@@ -194,26 +217,29 @@ class StepInputs:
     def broadcast(self, num_seqs: int) -> None:
         """Rank 0: send this step to the other ranks."""
         m = self.metadata
-        header = [STEP, self.input_ids.numel(), num_seqs, m.block_tables.shape[1], m.num_decode_tokens,
-                  m.max_query_len, m.max_context_len, self.sample_indices.numel(), self.prompt_indices.numel()]
-        broadcast_header(torch.tensor(header, dtype=torch.int64, device=self.input_ids.device))
+        StepHeader(StepCommand.STEP, self.input_ids.numel(), num_seqs, m.block_tables.shape[1], m.num_decode_tokens,
+                   m.max_query_len, m.max_context_len, self.sample_indices.numel(),
+                   self.prompt_indices.numel()).broadcast(self.input_ids.device)
         for tensor in self._tensors():
             dist.broadcast(tensor, src=0)
 
     @classmethod
-    def receive(cls, header: list[int], device: torch.device) -> StepInputs:
+    def receive(cls, header: StepHeader, device: torch.device) -> StepInputs:
         """Ranks 1..N-1: the step whose ``header`` just arrived."""
-        _, tokens, seqs, width, decodes, max_query_len, max_context_len, samples, scored = header
+        tokens, seqs = header.num_tokens, header.num_seqs
 
         def empty(*shape, dtype=torch.int64):
             return torch.empty(shape, dtype=dtype, device=device)
 
         metadata = AttentionMetadata(
-            num_decode_tokens=decodes, slot_mapping=empty(tokens), block_tables=empty(seqs, width, dtype=torch.int32),
+            num_decode_tokens=header.num_decode_tokens, slot_mapping=empty(tokens),
+            block_tables=empty(seqs, header.block_table_width, dtype=torch.int32),
             context_lens=empty(seqs, dtype=torch.int32), query_start_loc=empty(seqs + 1, dtype=torch.int32),
-            max_query_len=max_query_len, max_context_len=max_context_len, query_lens_host=[], context_lens_host=[],
+            max_query_len=header.max_query_len, max_context_len=header.max_context_len,
+            query_lens_host=[], context_lens_host=[],
         )
-        inputs = cls(empty(tokens), empty(tokens), metadata, empty(samples), empty(scored))
+        inputs = cls(empty(tokens), empty(tokens), metadata, empty(header.num_samples),
+                     empty(header.num_prompt_scored))
         for tensor in inputs._tensors():
             dist.broadcast(tensor, src=0)
         metadata.query_lens_host = metadata.query_start_loc.diff().tolist()
@@ -224,7 +250,9 @@ class StepInputs:
 def receive_steps(device: torch.device) -> Iterator[tuple[StepInputs, int]]:
     """Ranks 1..N-1: each step rank 0 broadcasts, with its number of sequences, until it says stop."""
     while True:
-        header = broadcast_header(torch.zeros(HEADER_SIZE, dtype=torch.int64, device=device))
-        if header[0].item() == STOP:
-            return
-        yield StepInputs.receive(header.tolist(), device), int(header[2].item())
+        header = StepHeader.receive(device)
+        match header.command:
+            case StepCommand.STOP:
+                return
+            case StepCommand.STEP:
+                yield StepInputs.receive(header, device), header.num_seqs

@@ -11,6 +11,8 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
+from nanovllm_core.model_class import ModelTraits
+
 # GGUF name (with N for the layer) -> HF name
 GGUF_TO_HF = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -92,16 +94,16 @@ def gguf_tensor_table(reader: GGUFReader) -> list[dict]:
 
 
 def gguf_weights(path: Path, table: list[dict], config,
-                 model_cls: type | None = None) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
+                 traits: ModelTraits | None = None) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
     """The number of tensors in ``table`` (``gguf_tensor_table``), and an iterator over them
     in Hugging Face's names and conventions.
 
     Where llama.cpp's converter departs from its Llama conventions for an architecture,
-    the model class says how to undo it: ``gguf_tensor_names`` adds or overrides entries
+    the model class says how to undo it (its ``traits``): ``gguf_tensor_names`` adds or overrides entries
     of ``GGUF_TO_HF`` (same ``blk.N.`` form), and ``from_gguf(hf_name, tensor)`` returns a
     tensor as the Hugging Face checkpoint holds it (Gemma's norms are stored as 1 + w)."""
-    names = {**GGUF_TO_HF, **getattr(model_cls, "gguf_tensor_names", {})}
-    return len(table), _iterate(np.memmap(path, mode="r"), table, config, names, getattr(model_cls, "from_gguf", None))
+    names = {**GGUF_TO_HF, **(traits.gguf_tensor_names if traits else {})}
+    return len(table), _iterate(np.memmap(path, mode="r"), table, config, names, traits.from_gguf if traits else None)
 
 
 def _iterate(file: np.memmap, table: list[dict], config, names: dict[str, str],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from nanovllm_core.loader.gguf_metadata import gguf_settings
 from nanovllm_core.loader.gguf_weights import gguf_weights
 from nanovllm_core.loader.source import ModelSource
+from nanovllm_core.model_class import ModelTraits
 
 logger = logging.getLogger(__name__)
 
@@ -38,25 +39,25 @@ def _iterate_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]
                 yield name, handle.get_tensor(name)
 
 
-def load_model_weights(model: nn.Module, source: ModelSource, config) -> None:
+def load_model_weights(model: nn.Module, source: ModelSource, config, traits: ModelTraits) -> None:
     if source.is_gguf:
-        total, weights = gguf_weights(source.path, gguf_settings(source.path)["tensors"], config, type(model))
+        total, weights = gguf_weights(source.path, gguf_settings(source.path)["tensors"], config, traits)
     else:
         total, weights = safetensors_weights(source.path)
     progress = tqdm(weights, total=total, desc=f"Loading {source.name}", unit="tensor", leave=False)
-    custom_loader = getattr(model, "load_weights", None)
-    if custom_loader is not None:
-        custom_loader(progress)
+    if traits.loads_own_weights:
+        model.load_weights(progress)
     else:
-        load_weights(model, progress)
+        load_weights(model, progress, traits.packed_modules_mapping)
 
 
-def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """The generic loader: ``model.packed_modules_mapping`` routes the parts of
-    fused parameters (e.g. q_proj -> qkv_proj shard "q"); every parameter must
+def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
+                 packed: Mapping[str, tuple[str, object]] | None = None) -> None:
+    """The generic loader: ``packed`` (the model class's ``packed_modules_mapping``) routes
+    the parts of fused parameters (e.g. q_proj -> qkv_proj shard "q"); every parameter must
     be filled exactly once, and every checkpoint tensor must find a home."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    packed = getattr(model, "packed_modules_mapping", {})
+    packed = packed or {}
     loaded: set[str] = set()
     for name, tensor in weights:
         if name.endswith(IGNORED_SUFFIXES):

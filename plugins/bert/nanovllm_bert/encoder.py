@@ -113,7 +113,7 @@ class BertModel(nn.Module):
         """The checkpoint's names, without the ``bert.`` prefix of task checkpoints and the
         levels in RENAMES, and without what the encoder does not use."""
         load_weights(self, ((_rename(name), tensor) for name, tensor in weights
-                            if not name.removeprefix("bert.").startswith(UNUSED_PREFIXES)))
+                            if not name.removeprefix("bert.").startswith(UNUSED_PREFIXES)), self.packed_modules_mapping)
 
 
 def _rename(name: str) -> str:
