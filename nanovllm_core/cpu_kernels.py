@@ -115,14 +115,12 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
     torch.ops.nanovllm_cpu.store_kv(key, value, k_cache, v_cache, slot_mapping)
 
 
-# the quantized linears' kernel paths, by the number the C++ code gives each
-QUANTIZED_LINEAR_PATHS = {0: "portable", 1: "avx2", 2: "avx512_vnni", 3: "neon_dot"}
-
-
 def quantized_linear_paths() -> list[str]:
-    """The quantized linears' kernel paths this build has, best first (the default)."""
+    """The quantized linears' kernel paths this build has, best first (the default), by the
+    names the C++ code gives them."""
     load()
-    return [QUANTIZED_LINEAR_PATHS[number] for number in torch.ops.nanovllm_cpu.quantized_linear_paths()]
+    names = torch.ops.nanovllm_cpu.quantized_linear_path_names()
+    return [names[number] for number in torch.ops.nanovllm_cpu.quantized_linear_paths()]
 
 
 @functools.cache
@@ -133,7 +131,7 @@ def _best_path_number() -> int:
 def _path_number(path: str | None) -> int:
     if path is None:  # every linear of every step asks: once is enough
         return _best_path_number()
-    return next(number for number, name in QUANTIZED_LINEAR_PATHS.items() if name == path)
+    return torch.ops.nanovllm_cpu.quantized_linear_path_names().index(path)
 
 
 def int8_linear(x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor, path: str | None = None) -> torch.Tensor:

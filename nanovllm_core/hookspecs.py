@@ -54,7 +54,11 @@ def register_model_architectures(register):
       checkpoints that carry none) and ``stop_tokens`` (token strings that end
       generation as EOS does, e.g. the chat format's end of turn).
 
-    Local attention layers pass ``sliding_window=W`` to ``Attention``.
+    Local attention layers pass ``sliding_window=W`` to ``Attention``. The Llama family
+    needs no model code of its own: subclass ``nanovllm_core.layers.LlamaStyleForCausalLM``
+    and set its ``DecoderSettings``. ``nanovllm_core.model_class`` lists these members
+    (``OPTIONAL_MEMBERS``) and is where the core reads them; a class member whose name is
+    a near miss of one is refused when the model loads.
     """
 
 

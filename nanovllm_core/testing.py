@@ -5,6 +5,8 @@
   with random weights, saved as a real HF checkpoint (safetensors + tokenizer).
 - ``LogitsRecorder``: a greedy sampler that keeps every logits row it sees, keyed
   by the request's seed, for numerical parity tests against transformers.
+- ``check_model_matches_transformers(hf_config, directory)``: a model plugin's whole
+  parity test: a random-weight checkpoint of the config, checked on every setting.
 - ``check_logits_match_transformers(checkpoint, prompts, ...)``: the parity test
   itself, for one of ``CPU_PARITY_SETTINGS`` (attention backend, block size, step budget).
 - ``check_tool_call_parser(parser, tools, calls, tokenizer)``: assert what the
@@ -76,12 +78,38 @@ CPU_PARITY_SETTINGS = [
 ]
 
 
+# prompt lengths of a model's parity test: one within a small sliding window, and two that
+# cross it and many blocks of 4, prefilled in chunks of the smaller step budgets
+PARITY_PROMPT_LENGTHS = (5, 33, 58)
+
+
+def check_model_matches_transformers(hf_config, directory: str | Path, settings=CPU_PARITY_SETTINGS,
+                                     tokenizer=None, prompts: list[list[int]] | None = None,
+                                     **llm_settings) -> None:
+    """A model plugin's parity test: save a random-weight transformers checkpoint of
+    ``hf_config`` in ``directory``, then ``check_logits_match_transformers`` on it for each
+    (attention backend, block size, step budget) of ``settings``. Without a ``tokenizer`` the
+    engine runs on token ids (``skip_tokenizer_init``); ``prompts`` default to random ids of
+    ``PARITY_PROMPT_LENGTHS``."""
+    checkpoint = save_random_checkpoint(hf_config, directory, tokenizer)
+    if prompts is None:
+        generator = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(0, hf_config.vocab_size, (n,), generator=generator).tolist()
+                   for n in PARITY_PROMPT_LENGTHS]
+    if tokenizer is None:
+        llm_settings.setdefault("skip_tokenizer_init", True)
+    for attention_backend, block_size, max_num_batched_tokens in settings:
+        check_logits_match_transformers(checkpoint, prompts, attention_backend, block_size, max_num_batched_tokens,
+                                        **llm_settings)
+
+
 def check_logits_match_transformers(checkpoint: str | Path, prompts: list[list[int]], attention_backend: str,
                                     block_size: int, max_num_batched_tokens: int, decode_steps: int = 10,
                                     atol: float = 2e-4, **llm_settings) -> None:
     """Assert that the logits of every step (prefill, then ``decode_steps`` greedy decodes) of
     each prompt, run together in float32, equal transformers' ``generate`` on the checkpoint
-    within ``atol`` (float32 on both sides: the difference is summation order only)."""
+    within ``atol`` (float32 on both sides: the difference is summation order only). A
+    failure names the setting, the prompt, the first step that differs and by how much."""
     from transformers import AutoModelForCausalLM
 
     from nanovllm_core import LLM, SamplingParams
@@ -94,13 +122,24 @@ def check_logits_match_transformers(checkpoint: str | Path, prompts: list[list[i
         llm.generate(prompts, params, use_tqdm=False)
         llm.shutdown()
     reference = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    setting = f"attention_backend={attention_backend}, block_size={block_size}, " \
+              f"max_num_batched_tokens={max_num_batched_tokens}"
     for seed, prompt in enumerate(prompts):
         out = reference.generate(torch.tensor([prompt]), max_new_tokens=decode_steps, do_sample=False,
                                  output_logits=True, return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
         expected = torch.stack([step[0] for step in out.logits])
         ours = torch.stack(LogitsRecorder.records[seed])
-        assert ours.shape == expected.shape
-        torch.testing.assert_close(ours, expected, atol=atol, rtol=0)
+        where = f"{setting}: prompt {seed} ({len(prompt)} tokens, starting {prompt[:5]})"
+        assert ours.shape == expected.shape, f"{where}: logits of shape {tuple(ours.shape)}, transformers' " \
+                                             f"{tuple(expected.shape)}"
+        differences = (ours - expected).abs().amax(dim=-1)
+        over = ~(differences <= atol)  # NaN included
+        if bool(over.any()):
+            step = int(over.nonzero()[0])
+            raise AssertionError(
+                f"{where}: the logits differ from transformers' at step {step} "
+                f"({'the prefill' if step == 0 else f'decode {step}'}) by up to {float(differences[step]):.3g} "
+                f"(atol {atol:g}); steps over atol: {over.nonzero().flatten().tolist()}")
 
 
 def check_tool_call_parser(

@@ -18,6 +18,7 @@ CONTRACTS = [
     "nanovllm_core.errors",
     "nanovllm_core.grammar",
     "nanovllm_core.hookspecs",
+    "nanovllm_core.model_class",
     "nanovllm_core.model_info",
     "nanovllm_core.outputs",
     "nanovllm_core.pooling",

@@ -9,6 +9,7 @@ import torch
 
 from nanovllm_core import LLM, SamplingParams, plugins
 from nanovllm_core.hookspecs import hookimpl
+from nanovllm_core.model_class import ModelTraits
 from nanovllm_core.registry import UnknownImplementationError
 from nanovllm_core.sampling import SamplerOutput
 from nanovllm_core.testing import registered_plugin
@@ -59,6 +60,31 @@ def test_plugin_architecture_and_sampler_run_end_to_end(echo_checkpoint):
     assert EchoArchitecture.instances == 1
     assert out[0]["token_ids"] == [FAVOURITE_TOKEN] * 3
     assert "favourite" not in plugins.samplers()  # unregistered afterwards
+
+
+class MisspeltArchitecture(Qwen3ForCausalLM):
+    """A plugin author's typo: ``stop_token`` where the contract reads ``stop_tokens``."""
+
+    stop_token = ("<|im_end|>",)
+
+
+class MisspeltPlugin:
+    @hookimpl
+    def register_model_architectures(self, register):
+        register("EchoForCausalLM", MisspeltArchitecture)
+
+
+def test_a_model_class_member_that_nearly_names_the_contract_is_refused(echo_checkpoint):
+    """Regression: eight getattr calls read the optional members, so a misspelt one was
+    ignored without a word (the model then never stopped at its end-of-turn token)."""
+    traits = ModelTraits.of(Qwen3ForCausalLM)
+    assert traits.can_generate and traits.packed_modules_mapping and traits.stop_tokens == ()
+    with pytest.raises(TypeError, match=r"'stop_token'.*did you mean 'stop_tokens'"):
+        ModelTraits.of(MisspeltArchitecture)
+    with registered_plugin(MisspeltPlugin()), pytest.raises(TypeError, match="did you mean 'stop_tokens'"):
+        LLM(str(echo_checkpoint), dtype="float32")
+    with pytest.raises(TypeError, match=r"no forward\(input_ids, positions\)"):
+        ModelTraits.of(type("NoForward", (), {}))
 
 
 def test_registries_name_the_distribution_that_provides_each_entry():

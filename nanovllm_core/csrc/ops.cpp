@@ -3,12 +3,16 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
 namespace nanovllm {
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
                                   int64_t window, bool generic_only);
 void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
               const at::Tensor& slot_mapping);
+std::vector<std::string> quantized_linear_path_names();
 std::vector<int64_t> quantized_linear_paths();
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales, int64_t path);
 at::Tensor int4_linear(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales,
@@ -27,6 +31,7 @@ TORCH_LIBRARY(nanovllm_cpu, m) {
   m.def("paged_decode_attention(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor context_lens, float scale, int window=0, bool generic_only=False) -> Tensor");
   m.def("store_kv(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
+  m.def("quantized_linear_path_names() -> str[]", &nanovllm::quantized_linear_path_names);
   m.def("quantized_linear_paths() -> int[]", &nanovllm::quantized_linear_paths);
   m.def("int8_linear(Tensor input, Tensor values, Tensor scales, int path) -> Tensor");
   m.def("int4_linear(Tensor input, Tensor packed, Tensor scales, Tensor mins, int path) -> Tensor");

@@ -3,6 +3,7 @@ attention backends and tensor parallelism work with your model unchanged."""
 
 from nanovllm_core.layers.activation import GeluAndMul, SiluAndMul
 from nanovllm_core.layers.attention import Attention
+from nanovllm_core.layers.decoder import DecoderSettings, LlamaStyleForCausalLM
 from nanovllm_core.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from nanovllm_core.layers.layernorm import RMSNorm
 from nanovllm_core.layers.linear import (
@@ -19,7 +20,9 @@ __all__ = [
     "FUSED_QKV_GATE_UP",
     "Attention",
     "ColumnParallelLinear",
+    "DecoderSettings",
     "GeluAndMul",
+    "LlamaStyleForCausalLM",
     "MergedColumnParallelLinear",
     "ParallelLMHead",
     "QKVParallelLinear",
