@@ -3,28 +3,29 @@
 Decodes use ``flash_attn_with_kvcache`` and prefill chunks
 ``flash_attn_varlen_func``, both reading K/V through the block table. flash-attn
 wants pages of a multiple of 256 tokens, so this backend needs ``block_size``
-256 (or 512, ...). New K/V are written with the triton store kernel.
+256 (or 512, ...). It keeps the triton backend's cache layout, and new K/V are written
+with its store kernel.
 """
 
 from __future__ import annotations
 
 import torch
 
-from nanovllm_core.attention.backend import AttentionBackend, AttentionMetadata
+from nanovllm_core.attention.backend import AttentionMetadata
+from nanovllm_core.attention.triton_backend import TritonAttentionBackend
 
 PAGE_MULTIPLE = 256
 MIN_VERSION = (2, 5)  # paged K/V (block_table) in flash_attn_with_kvcache and flash_attn_varlen_func
 INSTALL_HINT = "pip install flash-attn --no-build-isolation (needs a CUDA GPU and a matching torch)"
 
 
-class FlashAttentionBackend(AttentionBackend):
+class FlashAttentionBackend(TritonAttentionBackend):
     name = "flash-attn"
-    devices = ("cuda",)
-    supports_cuda_graphs = True
-    supports_sliding_window = True
 
     @classmethod
     def check_available(cls, device: torch.device) -> None:
+        if device.type != "cuda":  # before triton's check, which its interpreter passes on a CPU
+            raise RuntimeError(f"attention backend 'flash-attn' runs on cuda, not {device.type}")
         try:
             import flash_attn
         except ImportError as error:
@@ -33,7 +34,7 @@ class FlashAttentionBackend(AttentionBackend):
         if version < MIN_VERSION:
             raise RuntimeError(f"attention backend 'flash-attn' needs flash-attn >= 2.5 (paged K/V), "
                                f"found {flash_attn.__version__}: {INSTALL_HINT}")
-        super().check_available(device)
+        super().check_available(device)  # the store kernel
 
     @classmethod
     def check_config(cls, block_size: int, dtype: torch.dtype) -> None:
@@ -43,14 +44,6 @@ class FlashAttentionBackend(AttentionBackend):
         if dtype not in (torch.float16, torch.bfloat16):
             raise RuntimeError(f"attention backend 'flash-attn' runs in float16 or bfloat16, not {dtype}; "
                                "pass --dtype bfloat16")
-
-    def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
-        return (num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
-
-    def store(self, key, value, k_cache, v_cache, slot_mapping):
-        from nanovllm_core.attention.triton_kernels import store_kv
-
-        store_kv(key, value, k_cache, v_cache, slot_mapping)
 
     def forward(self, query, key, value, k_cache, v_cache, metadata: AttentionMetadata, scale: float,
                 sliding_window: int | None = None):

@@ -25,21 +25,7 @@ from nanovllm_core.engine.async_llm import ClientLimits
 from nanovllm_core.engine.data_parallel.placement import replica_cpu_sets, replica_cuda_devices
 from nanovllm_core.engine.data_parallel.replica import replica_main
 from nanovllm_core.engine.data_parallel.routing import PrefixAffinity, choose_replica
-from nanovllm_core.engine.messages import (
-    AbortRequest,
-    EncodeRequest,
-    GenerateRequest,
-    ReplicaCommand,
-    ReplicaDead,
-    ReplicaMessage,
-    ReplicaReady,
-    ReplicaStats,
-    RequestAccepted,
-    RequestFailed,
-    RequestRefused,
-    SequenceOutput,
-    StopReplica,
-)
+from nanovllm_core.engine import messages
 from nanovllm_core.engine.platform import resolve_device
 from nanovllm_core.engine.streams import AsyncStream, StreamSinks, check_admissible
 from nanovllm_core.engine.tensor_parallel import engine_config_json
@@ -75,7 +61,7 @@ class Replica:
         """Sequences routed here and not finished."""
         return self.sinks.num_sequences + sum(count for _, count in self.submitted.values())
 
-    def send(self, command: ReplicaCommand) -> None:
+    def send(self, command: messages.ReplicaCommand) -> None:
         """Queued for the sender thread: a pipe whose reader has stopped blocks that thread only."""
         self._outbox.put(command)
 
@@ -87,38 +73,38 @@ class Replica:
                 return
 
     def _abort(self, stream: AsyncStream, sequence_ids: set[str]) -> None:
-        self.send(AbortRequest(stream.request_id))
+        self.send(messages.AbortRequest(stream.request_id))
 
     def hung_for(self, now: float) -> float:
         """Seconds since its last heartbeat, or since its last step while it had work."""
         return now - min(self.last_heard, self.last_progress)
 
-    def handle(self, message: ReplicaMessage, now: float) -> None:
+    def handle(self, message: messages.ReplicaMessage, now: float) -> None:
         """A message from the replica, on the event loop."""
         self.last_heard = now
         match message:
-            case ReplicaReady(model_info):
+            case messages.ReplicaReady(model_info):
                 self.model_info, self.state = model_info, EngineState.READY
                 self.last_progress = now
-            case SequenceOutput(output):
+            case messages.SequenceOutput(output):
                 self.sinks.deliver([output], now)
-            case ReplicaStats(stats):
+            case messages.ReplicaStats(stats):
                 idle = stats.num_running + stats.num_waiting == 0
                 if idle or self.stats is None or stats.num_steps != self.stats.num_steps:
                     self.last_progress = now
                 self.stats = stats
-            case RequestAccepted(request_id):
+            case messages.RequestAccepted(request_id):
                 future, count = self.submitted.pop(request_id)
                 stream = self.sinks.open(request_id, count)
                 if future.cancelled():  # the client left while the replica checked its request
                     stream.close()
                 else:
                     future.set_result(stream)
-            case RequestRefused(request_id, error):
+            case messages.RequestRefused(request_id, error):
                 future, _ = self.submitted.pop(request_id)
                 if not future.cancelled():
                     future.set_exception(error)
-            case RequestFailed(request_id, error):
+            case messages.RequestFailed(request_id, error):
                 self.sinks.fail_request(request_id, error)
 
     def fail_everything(self, error: BaseException) -> None:
@@ -186,7 +172,7 @@ class DataParallelClient:
         if self.state is not EngineState.DEAD:  # the server's exit status reads it
             self.state = EngineState.STOPPED
         for replica in self.replicas:
-            replica.send(StopReplica())
+            replica.send(messages.StopReplica())
         for replica in self.replicas:
             replica.process.join(timeout=STOP_TIMEOUT_S)
             if replica.process.is_alive():
@@ -200,17 +186,17 @@ class DataParallelClient:
             try:
                 message = replica.conn.recv()
             except (EOFError, OSError):
-                message = ReplicaDead("its process exited")
-            if isinstance(message, ReplicaDead):
+                message = messages.ReplicaDead("its process exited")
+            if isinstance(message, messages.ReplicaDead):
                 if not self._stopping:
                     self._loop.call_soon_threadsafe(self._lose, replica, message.reason)
                 return
             self._loop.call_soon_threadsafe(self._handle, replica, message, self._loop.time())
 
-    def _handle(self, replica: Replica, message: ReplicaMessage, now: float) -> None:
+    def _handle(self, replica: Replica, message: messages.ReplicaMessage, now: float) -> None:
         """On the event loop, where every change of state happens."""
         replica.handle(message, now)
-        if isinstance(message, ReplicaReady):
+        if isinstance(message, messages.ReplicaReady):
             self._settle()
 
     def _watch(self) -> None:
@@ -263,14 +249,14 @@ class DataParallelClient:
         # checked here too, so that a bad request is a 400 however busy the replicas are
         sequences = [(prompt_ids, info.check_request(prompt_ids, params)) for prompt_ids, params in sequences]
         replica = self._route(sequences[0][0], len(sequences))
-        return await self._submit(replica, GenerateRequest(request_id, sequences), len(sequences))
+        return await self._submit(replica, messages.GenerateRequest(request_id, sequences), len(sequences))
 
     async def encode(self, request_id: str, prompts: list[list[int]], params: PoolingParams) -> AsyncStream:
         info = self.model_info
         for prompt_ids in prompts:
             info.check_embedding_request(prompt_ids, params)
         replica = self._route(prompts[0], len(prompts), param="input")
-        return await self._submit(replica, EncodeRequest(request_id, prompts, params), len(prompts))
+        return await self._submit(replica, messages.EncodeRequest(request_id, prompts, params), len(prompts))
 
     def _route(self, prompt_ids: list[int], num_sequences: int, param: str = "n") -> Replica:
         """The replica for a request, or why none can take it."""
@@ -289,7 +275,7 @@ class DataParallelClient:
         self.affinity.record(hashes, route.replica)
         return self.replicas[route.replica]
 
-    async def _submit(self, replica: Replica, command: GenerateRequest | EncodeRequest,
+    async def _submit(self, replica: Replica, command: messages.GenerateRequest | messages.EncodeRequest,
                       num_sequences: int) -> AsyncStream:
         future = self._loop.create_future()
         replica.submitted[command.request_id] = (future, num_sequences)

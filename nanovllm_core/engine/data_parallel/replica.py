@@ -14,20 +14,7 @@ import torch
 
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.engine.async_llm import AsyncLLM, ClientLimits
-from nanovllm_core.engine.messages import (
-    AbortRequest,
-    EncodeRequest,
-    GenerateRequest,
-    ReplicaCommand,
-    ReplicaDead,
-    ReplicaReady,
-    ReplicaStats,
-    RequestAccepted,
-    RequestFailed,
-    RequestRefused,
-    SequenceOutput,
-    StopReplica,
-)
+from nanovllm_core.engine import messages
 from nanovllm_core.engine.tensor_parallel import die_with_parent
 
 STATS_INTERVAL_S = 0.25  # how often a replica reports its scheduler's state: its heartbeat
@@ -63,9 +50,9 @@ class ReplicaServer:
         died = asyncio.Event()
         self.engine.start(loop, on_failure=died.set)
         if not await asyncio.to_thread(self.engine.wait_ready):
-            self.conn.send(ReplicaDead("the engine failed to load; its error is in the log"))
+            self.conn.send(messages.ReplicaDead("the engine failed to load; its error is in the log"))
             return
-        self.conn.send(ReplicaReady(self.engine.model_info))
+        self.conn.send(messages.ReplicaReady(self.engine.model_info))
         commands: asyncio.Queue = asyncio.Queue()
         threading.Thread(target=self._receive, args=(loop, commands), name="replica-commands", daemon=True).start()
         reporting = asyncio.create_task(self._report_stats())
@@ -73,34 +60,34 @@ class ReplicaServer:
         while True:
             getting = asyncio.create_task(commands.get())
             await asyncio.wait({getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if stopping.done() or isinstance(getting.result(), StopReplica):
+            if stopping.done() or isinstance(getting.result(), messages.StopReplica):
                 break
             self._apply(getting.result())
         getting.cancel()
         reporting.cancel()
         self.engine.stop()
         if died.is_set():
-            self.conn.send(ReplicaDead("the engine stopped; its error is in the log"))
+            self.conn.send(messages.ReplicaDead("the engine stopped; its error is in the log"))
 
     def _receive(self, loop: asyncio.AbstractEventLoop, commands: asyncio.Queue) -> None:
         while True:
             try:
                 command = self.conn.recv()
             except (EOFError, OSError):  # the server is gone
-                command = StopReplica()
+                command = messages.StopReplica()
             loop.call_soon_threadsafe(commands.put_nowait, command)
-            if isinstance(command, StopReplica):
+            if isinstance(command, messages.StopReplica):
                 return
 
-    def _apply(self, command: ReplicaCommand) -> None:
+    def _apply(self, command: messages.ReplicaCommand) -> None:
         match command:
-            case AbortRequest(request_id):
+            case messages.AbortRequest(request_id):
                 task = self.requests.pop(request_id, None)
                 if task is not None:
                     task.cancel()
-            case GenerateRequest(request_id, sequences):
+            case messages.GenerateRequest(request_id, sequences):
                 self._start(request_id, self.engine.generate(request_id, sequences))
-            case EncodeRequest(request_id, prompts, params):
+            case messages.EncodeRequest(request_id, prompts, params):
                 self._start(request_id, self.engine.encode(request_id, prompts, params))
 
     def _start(self, request_id: str, submission) -> None:
@@ -110,20 +97,20 @@ class ReplicaServer:
         try:
             stream = await submission
         except Exception as error:  # the request's own problem or the replica's capacity
-            self.conn.send(RequestRefused(request_id, error))
+            self.conn.send(messages.RequestRefused(request_id, error))
             self.requests.pop(request_id, None)
             return
-        self.conn.send(RequestAccepted(request_id))
+        self.conn.send(messages.RequestAccepted(request_id))
         try:
             async for _, output in stream:
-                self.conn.send(SequenceOutput(output))
+                self.conn.send(messages.SequenceOutput(output))
         except Exception as error:  # EngineFailed: the server fails the request
-            self.conn.send(RequestFailed(request_id, error))
+            self.conn.send(messages.RequestFailed(request_id, error))
         finally:
             stream.close()
             self.requests.pop(request_id, None)
 
     async def _report_stats(self) -> None:
         while True:
-            self.conn.send(ReplicaStats(self.engine.stats()))
+            self.conn.send(messages.ReplicaStats(self.engine.stats()))
             await asyncio.sleep(STATS_INTERVAL_S)
