@@ -10,10 +10,12 @@ from nanovllm_core.engine_client import EngineUnavailable
 
 def _card(ctx: ServingContext, name: str) -> ModelCard:
     try:
-        max_model_len = ctx.engine.model_info.max_model_len
-    except EngineUnavailable:  # still loading: the list answers without it
-        max_model_len = None
-    return ModelCard(id=name, created=now(), root=str(ctx.config.model or name), max_model_len=max_model_len)
+        info = ctx.engine.model_info
+    except EngineUnavailable:  # still loading: the list answers without what the model says
+        info = None
+    return ModelCard(id=name, created=now(), root=str(ctx.config.model or name),
+                     max_model_len=info.max_model_len if info else None,
+                     sampling_defaults=info.sampling_defaults if info else None)
 
 
 def list_models(ctx: ServingContext) -> ModelList:

@@ -94,8 +94,9 @@ class EngineConfig(BaseSettings):
     )
     generation_config: Literal["auto", "none"] = Field(
         "auto", description="auto: the model's generation_config.json sets the defaults of the sampling fields a "
-        "request leaves out (temperature, top_p, top_k, min_p, repetition_penalty), as vLLM does; none: OpenAI's "
-        "defaults."
+        "request leaves out (temperature, top_p, top_k, min_p, repetition_penalty), as vLLM does, over its model "
+        "card's defaults where nanovllm ships them (the embedded SmolLM2: temperature 0.2, top_p 0.9); none: "
+        "OpenAI's defaults."
     )
     task: Literal["auto", "generate", "embed"] = Field(
         "auto", description="generate: completions and chat; embed: /v1/embeddings. auto: embed for a model that "

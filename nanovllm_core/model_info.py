@@ -20,8 +20,8 @@ class ModelInfo:
     max_model_len: int  # the setting, capped to the model's context and to the KV cache
     vocab_size: int
     tokenizer: Any = None  # the Hugging Face tokenizer; None with skip_tokenizer_init
-    # the model's own defaults for sampling fields a request leaves out (generation_config.json)
-    sampling_defaults: dict[str, float] = field(default_factory=dict)
+    # the model's own defaults for sampling fields a request leaves out (generation_config.json, its card)
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
     task: str = "generate"  # or "embed": which requests the model serves
     embedding_size: int | None = None  # for embed: the full length of its vectors
     matryoshka: bool = False  # for embed: whether `dimensions` may shorten them

@@ -50,6 +50,18 @@ def test_health_version_models_docs(server, client):
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize"} <= set(paths)
 
 
+def test_the_embedded_model_samples_as_its_card_advises(server, client):
+    """A request that leaves temperature and top_p out gets the card's 0.2 and 0.9, which
+    /v1/models shows; before, it got OpenAI's 1.0 and 1.0."""
+    assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["sampling_defaults"] == {
+        "temperature": 0.2, "top_p": 0.9}
+    base = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me about cats."}], max_tokens=24)
+    for seed in (1, 2):
+        left_out = client.chat.completions.create(seed=seed, **base).choices[0].message.content
+        assert left_out == client.chat.completions.create(seed=seed, temperature=0.2, top_p=0.9,
+                                                          **base).choices[0].message.content
+
+
 def test_tokenize_and_detokenize_round_trip(server):
     tokens = httpx.post(f"{server.url}/tokenize", json={"prompt": "Hello world"}).json()
     assert tokens["count"] == len(tokens["tokens"]) == 2 and tokens["max_model_len"] == 4096

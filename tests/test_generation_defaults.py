@@ -9,7 +9,10 @@ import openai
 import pytest
 
 from nanovllm_api.protocol.chat import ChatCompletionRequest
+from nanovllm_api.protocol.completion import CompletionRequest
 from nanovllm_core.engine.llm_engine import LLMEngine
+from nanovllm_core.engine.model_spec import merge_sampling_defaults
+from nanovllm_core.loader.source import resolve_model
 from nanovllm_core.config import EngineConfig
 from nanovllm_core.model_info import ModelInfo
 from server_process import ServerProcess
@@ -57,3 +60,29 @@ def test_the_server_applies_the_models_defaults(model_dir, tmp_path):
         assert "sampling defaults from the model's generation_config.json" in (tmp_path / "server.log").read_text()
     finally:
         assert server.stop() == 0
+
+
+def test_the_embedded_model_gets_its_cards_defaults_under_the_checkpoints():
+    """Regression: the embedded SmolLM2 is a GGUF file with no generation_config, so a request
+    that set nothing sampled at OpenAI's temperature 1.0, which its card advises against
+    (0.2, top_p 0.9). The card's defaults apply under generation_config.json's, and its
+    max_tokens and stop too; generation_config none turns both off."""
+    assert resolve_model(None).card_defaults() == {"temperature": 0.2, "top_p": 0.9}
+    card = {"temperature": 0.2, "top_p": 0.9, "max_tokens": 40, "stop": ["\n\n"]}
+    checkpoint = {"temperature": 0.7, "max_new_tokens": 99}
+    assert merge_sampling_defaults(EngineConfig(), checkpoint, card) == {
+        "temperature": 0.7, "top_p": 0.9, "max_tokens": 40, "stop": ["\n\n"]}
+    assert merge_sampling_defaults(EngineConfig(generation_config="none"), checkpoint, card) == {}
+
+
+def test_a_models_max_tokens_and_stop_apply_where_the_request_sets_none():
+    model = ModelInfo(max_model_len=64, vocab_size=100, sampling_defaults={"max_tokens": 40, "stop": ["\n\n"]})
+    messages = [{"role": "user", "content": "hi"}]
+    [chat] = ChatCompletionRequest(messages=messages).to_sampling_params(model)
+    assert (chat.max_tokens, chat.stop) == (40, ["\n\n"])
+    [own] = ChatCompletionRequest(messages=messages, max_completion_tokens=5, stop=[]).to_sampling_params(model)
+    assert (own.max_tokens, own.stop) == (5, [])
+    [completion] = CompletionRequest(prompt="hi").to_sampling_params(model)
+    assert completion.max_tokens == 40  # the model's, over the endpoint's 16
+    [plain] = CompletionRequest(prompt="hi").to_sampling_params(ModelInfo(max_model_len=64, vocab_size=100))
+    assert (plain.max_tokens, plain.stop) == (16, [])

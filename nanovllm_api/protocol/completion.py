@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,8 +21,7 @@ class CompletionRequest(SamplingFields):
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     best_of: Annotated[int, Field(ge=1, le=16)] | None = None  # n's range: only best_of == n is served
 
-    def max_output_tokens(self) -> int | None:
-        return self.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
+    default_max_tokens: ClassVar[int | None] = DEFAULT_COMPLETION_MAX_TOKENS
 
     def num_logprobs(self) -> int | None:
         return self.logprobs

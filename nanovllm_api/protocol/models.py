@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -14,6 +14,8 @@ class ModelCard(BaseModel):
     owned_by: str = "nanovllm"
     root: str | None = None
     max_model_len: int | None = None
+    # an extension: what a request that leaves a sampling field out gets from the model (None: loading)
+    sampling_defaults: dict[str, Any] | None = None
 
 
 class ModelList(BaseModel):

@@ -3,7 +3,7 @@ translation to the engine's ``SamplingParams``."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
@@ -77,7 +77,11 @@ class SamplingFields(RequestModel):
     guided_grammar: GuidedSpec | None = None
     user: str | None = None
 
+    # the endpoint's max_tokens when neither the request nor the model sets one (None: the context)
+    default_max_tokens: ClassVar[int | None] = None
+
     def max_output_tokens(self) -> int | None:
+        """The request's own limit on new tokens, if it sets one."""
         return self.max_tokens
 
     def num_logprobs(self) -> int | None:
@@ -88,8 +92,8 @@ class SamplingFields(RequestModel):
         self, model: ModelInfo, guided: GuidedDecoding | None = None, guided_starts_after: tuple[int, ...] = ()
     ) -> list[SamplingParams]:
         """One SamplingParams per choice; with a seed, choice i uses seed + i so the n choices differ.
-        A sampling field the request leaves out takes the model's default (generation_config.json),
-        else OpenAI's. ``guided``: a constraint other than response_format's (the tools');
+        A sampling field the request leaves out takes the model's default (``ModelInfo.sampling_defaults``:
+        generation_config.json, its card's), else OpenAI's. ``guided``: a constraint other than response_format's (the tools');
         ``guided_starts_after``: the tokens that end the model's thinking, where constraints start."""
         defaults = model.sampling_defaults
 
@@ -97,13 +101,14 @@ class SamplingFields(RequestModel):
             given = getattr(self, name)
             return given if given is not None else defaults.get(name, fallback)
 
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        given_stop = self.stop if self.stop is not None else defaults.get("stop")
+        stop = [given_stop] if isinstance(given_stop, str) else list(given_stop or [])
         base = dict(
             temperature=value("temperature", 1.0),
             top_p=value("top_p", 1.0),
             top_k=value("top_k", 0),
             min_p=value("min_p", 0.0),
-            max_tokens=self.max_output_tokens(),
+            max_tokens=self.max_output_tokens() or defaults.get("max_tokens") or self.default_max_tokens,
             min_tokens=self.min_tokens,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,

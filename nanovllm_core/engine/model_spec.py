@@ -7,7 +7,6 @@ provides, its EOS ids, the task it serves and the sampling defaults its checkpoi
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -24,12 +23,16 @@ logger = logging.getLogger(__name__)
 
 # what generation_config.json may set for requests that leave it out (vLLM's list)
 SAMPLING_DEFAULT_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+# and what a model card's defaults (loader/card_defaults.json) may set besides
+CARD_DEFAULT_FIELDS = (*SAMPLING_DEFAULT_FIELDS, "max_tokens", "stop")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """``pooler_config``: how embeddings pool (task embed only); ``sampling_defaults``: the
-    fields of SAMPLING_DEFAULT_FIELDS the checkpoint's generation_config.json sets."""
+    """``pooler_config``: how embeddings pool (task embed only); ``sampling_defaults``: what
+    a request that leaves a sampling field out gets: the checkpoint's generation_config.json
+    (SAMPLING_DEFAULT_FIELDS), over its model card's defaults as nanovllm ships them
+    (CARD_DEFAULT_FIELDS)."""
 
     source: ModelSource
     hf_config: PretrainedConfig
@@ -39,7 +42,7 @@ class ModelSpec:
     eos_token_ids: frozenset[int]
     task: str
     pooler_config: PoolerConfig | None
-    sampling_defaults: dict[str, float] = field(default_factory=dict)
+    sampling_defaults: dict = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -69,20 +72,14 @@ class ModelSpec:
         tokenizer = source.load_tokenizer(config.tokenizer) if load_tokenizer else None
         model_class = plugins.model_architectures().get(hf_config.architectures[0])
         traits = ModelTraits.of(model_class)
-        generation_config = _generation_config(source)
+        generation_config = source.generation_config()
         task, pooler_config = _resolve_task(config, source, traits, hf_config.architectures[0])
         return cls(
             source=source, hf_config=hf_config, tokenizer=tokenizer, model_class=model_class, traits=traits,
             eos_token_ids=_eos_token_ids(hf_config, tokenizer, generation_config, traits),
             task=task, pooler_config=pooler_config,
-            sampling_defaults=_sampling_defaults(config, generation_config),
+            sampling_defaults=merge_sampling_defaults(config, generation_config, source.card_defaults()),
         )
-
-
-def _generation_config(source: ModelSource) -> dict:
-    """The model's generation_config.json as written ({} for a GGUF file or none)."""
-    path = source.path / "generation_config.json"
-    return {} if source.is_gguf or not path.is_file() else json.loads(path.read_text())
 
 
 def _eos_token_ids(hf_config, tokenizer, generation_config: dict, traits: ModelTraits) -> frozenset[int]:
@@ -123,16 +120,20 @@ def _resolve_task(config: EngineConfig, source: ModelSource, traits: ModelTraits
     return task, pooler_config
 
 
-def _sampling_defaults(config: EngineConfig, generation_config: dict) -> dict[str, float]:
-    """The sampling fields the model's generation_config.json sets, as written there
-    (not transformers' own defaults for the rest, such as top_k=50)."""
+def merge_sampling_defaults(config: EngineConfig, generation_config: dict, card: dict) -> dict:
+    """The sampling fields generation_config.json sets, as written there (not transformers' own
+    defaults for the rest, such as top_k=50), over the model card's; logged with where each
+    comes from. ``generation_config: none``: neither, OpenAI's defaults."""
     if config.generation_config == "none":
         return {}
-    defaults = {name: generation_config[name] for name in SAMPLING_DEFAULT_FIELDS
-                if generation_config.get(name) is not None}
-    if defaults:
-        logger.info("sampling defaults from the model's generation_config.json: %s", defaults)
-    return defaults
+    from_card = {name: card[name] for name in CARD_DEFAULT_FIELDS if card.get(name) is not None}
+    from_checkpoint = {name: generation_config[name] for name in SAMPLING_DEFAULT_FIELDS
+                       if generation_config.get(name) is not None}
+    for origin, fields in (("its card, as nanovllm ships it", from_card),
+                           ("the model's generation_config.json", from_checkpoint)):
+        if fields:
+            logger.info("sampling defaults from %s: %s", origin, fields)
+    return {**from_card, **from_checkpoint}
 
 
 def _matryoshka(hf_config) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 # (not the .bin, .onnx or .gguf copies many repositories also carry)
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# sampling defaults nanovllm ships for model files whose card recommends them
+CARD_DEFAULTS_FILE = Path(__file__).with_name("card_defaults.json")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -60,6 +63,16 @@ class ModelSource:
     def quantization(self) -> str:
         """What the file's own layer weights are quantized to: int4, int8 or none (safetensors: none)."""
         return gguf_settings(self.path)["quantization"] if self.is_gguf else "none"
+
+    def generation_config(self) -> dict:
+        """The checkpoint's generation_config.json as written ({} for a GGUF file or none)."""
+        path = self.path / "generation_config.json"
+        return {} if self.is_gguf or not path.is_file() else json.loads(path.read_text())
+
+    def card_defaults(self) -> dict:
+        """The sampling defaults of this file's model card, as nanovllm ships them ({} if none)."""
+        entry = json.loads(CARD_DEFAULTS_FILE.read_text()).get(self.path.name)
+        return dict(entry["defaults"]) if entry else {}
 
     def load_tokenizer(self, tokenizer_path: str | None = None) -> PreTrainedTokenizerBase:
         if tokenizer_path:
